@@ -1,0 +1,33 @@
+"""Model card templates (the `*.md` files beside this module), rendered with `huggingface_hub.ModelCard`."""
+
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATES = Path(__file__).parent
+
+_CONVERTED = {
+    "gpt": ("LlamaGen class-conditional GPT", ["class-conditional-image-generation", "autoregressive"]),
+    "vq": ("LlamaGen VQ image tokenizer", ["image-tokenizer", "vector-quantization"]),
+}
+
+
+def converted_model_card(model, source: str, kind: str) -> ModelCard:
+    """Card of a model converted from an official LlamaGen checkpoint (`kind` is "gpt" or "vq")."""
+    title, tags = _CONVERTED[kind]
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="mit",
+        tags=["llamagen", "st-ar-hf", *tags],
+        base_model="FoundationVision/LlamaGen",
+    )
+    config = {k: v for k, v in model.config.to_diff_dict().items() if not k.startswith("_") and k not in ("auto_map", "architectures", "transformers_version")}
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "llamagen_converted.md"),
+        title=title,
+        source=source,
+        class_name=type(model).__name__,
+        num_parameters=f"{model.num_parameters():,}",
+        config=config,
+    )

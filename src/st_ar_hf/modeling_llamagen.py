@@ -1,0 +1,322 @@
+"""LlamaGen's class-conditional GPT (arXiv 2406.06525) as a transformers model.
+
+Architecture facts from LlamaGen `autoregressive/models/gpt.py`; the code is written anew. Sequence layout:
+
+    position  0 .. cls_token_num-1            class token(s) (RoPE rows are zero: their q and k vanish)
+    position  cls_token_num + k               image token k = grid cell (k // grid, k % grid)
+
+`logits[:, cls_token_num - 1 + k]` is the distribution of image token k.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from .configuration_llamagen import LlamaGenConfig
+
+
+class LlamaGenRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class LlamaGen2DRotaryEmbedding(nn.Module):
+    """cos/sin tables [cls_token_num + grid^2, head_dim/2] for interleaved-pair RoPE.
+
+    Of the head_dim/2 rotary pairs, the first half rotates with the row of the token's grid cell and the second half
+    with its column. Class-token rows are zero (cos = sin = 0), which zeroes their q and k, as in LlamaGen.
+    """
+
+    def __init__(self, config: LlamaGenConfig):
+        super().__init__()
+        self.config = config
+        cos, sin = self.compute_tables(config)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @staticmethod
+    def compute_tables(config: LlamaGenConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        quarter = config.head_dim // 4
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, 2 * quarter, 2).float() / (2 * quarter)))  # [D/4]
+        angles = torch.arange(config.grid_size).float()[:, None] * inv_freq  # [grid, D/4]
+        grid = config.grid_size
+        grid_angles = torch.cat(
+            [angles[:, None, :].expand(grid, grid, quarter), angles[None, :, :].expand(grid, grid, quarter)], dim=-1
+        ).flatten(0, 1)  # [grid^2, D/2]: (row angles, column angles)
+        prefix = torch.zeros(config.cls_token_num, 2 * quarter)
+        return torch.cat([prefix, grid_angles.cos()]), torch.cat([prefix, grid_angles.sin()])
+
+    def forward(self, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[position_ids], self.sin[position_ids]  # [T, D/2] each
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D]; pairs (2i, 2i+1) rotate by the angle of row i of cos/sin [T, D/2]; computed in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(x)
+
+
+class LlamaGenAttention(nn.Module):
+    def __init__(self, config: LlamaGenConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.qkv_proj = nn.Linear(
+            config.hidden_size, (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim, bias=False
+        )
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.resid_dropout = nn.Dropout(config.residual_dropout)
+
+    def forward(self, hidden_states, rotary, attention_mask, past_key_values: Cache | None = None):
+        batch, seq_len, _ = hidden_states.shape
+        kv_dim = self.num_key_value_heads * self.head_dim
+        q, k, v = self.qkv_proj(hidden_states).split([self.config.hidden_size, kv_dim, kv_dim], dim=-1)
+        q = apply_rotary_emb(q.view(batch, seq_len, -1, self.head_dim), *rotary).transpose(1, 2)  # [B, H, T, D]
+        k = apply_rotary_emb(k.view(batch, seq_len, -1, self.head_dim), *rotary).transpose(1, 2)  # [B, Hkv, T, D]
+        v = v.view(batch, seq_len, -1, self.head_dim).transpose(1, 2)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # [B, Hkv, S, D]
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self, q, k, v, attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0, scaling=self.scaling,
+        )  # [B, T, H, D]
+        return self.resid_dropout(self.o_proj(attn_output.reshape(batch, seq_len, -1))), attn_weights
+
+
+class LlamaGenMLP(nn.Module):
+    def __init__(self, config: LlamaGenConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.ffn_dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class LlamaGenDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: LlamaGenConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = LlamaGenRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaGenAttention(config, layer_idx)
+        self.post_attention_layernorm = LlamaGenRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaGenMLP(config)
+
+    def forward(self, hidden_states, rotary, attention_mask=None, past_key_values=None):
+        attn_output, attn_weights = self.self_attn(
+            self.input_layernorm(hidden_states), rotary, attention_mask, past_key_values
+        )
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights
+
+
+class LlamaGenForImageGeneration(PreTrainedModel):
+    r"""LlamaGen's class-conditional GPT over VQ codes.
+
+    Example:
+    ```python
+    >>> from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
+    >>> model = LlamaGenForImageGeneration(LlamaGenConfig.from_preset("B"))
+    >>> codes = torch.randint(0, 16384, (2, 256))
+    >>> out = model(input_ids=codes[:, :-1], class_labels=torch.tensor([207, 360]), labels=codes)
+    >>> out.logits.shape, out.loss  # [2, 256, 16384], ln(16384) at init
+    ```
+    """
+
+    config_class = LlamaGenConfig
+    base_model_prefix = "llamagen"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaGenDecoderLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _input_embed_layer = "embed_tokens"
+
+    def __init__(self, config: LlamaGenConfig):
+        super().__init__(config)
+        # one row per class plus the null class (id num_classes) for classifier-free guidance
+        self.embed_classes = nn.Embedding(config.num_classes + 1, config.cls_token_num * config.hidden_size)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.token_dropout = nn.Dropout(config.token_dropout)
+        self.layers = nn.ModuleList(LlamaGenDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaGenRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary_emb = LlamaGen2DRotaryEmbedding(config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)  # N(0, initializer_range) for linears and embeddings, ones for norms
+        if module is self.lm_head:
+            init.zeros_(module.weight)  # LlamaGen: the initial loss is exactly ln(vocab_size)
+        elif isinstance(module, LlamaGen2DRotaryEmbedding):
+            cos, sin = module.compute_tables(module.config)
+            init.copy_(module.cos, cos)
+            init.copy_(module.sin, sin)
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.config.cls_token_num + self.config.block_size
+
+    def embed_class_labels(self, class_labels: torch.LongTensor) -> torch.Tensor:
+        """[B] -> [B, cls_token_num, hidden]; in training a label becomes the null class with class_dropout_prob."""
+        if self.training and self.config.class_dropout_prob > 0:
+            dropped = torch.rand(class_labels.shape, device=class_labels.device) < self.config.class_dropout_prob
+            class_labels = torch.where(dropped, self.config.null_class_id, class_labels)
+        return self.embed_classes(class_labels).view(class_labels.shape[0], self.config.cls_token_num, -1)
+
+    def _check_inputs(self, input_ids, class_labels, labels, attention_bias, past_length, seq_len):
+        cfg = self.config
+        if input_ids is not None:
+            if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"input_ids must be an int64 tensor [B, T], got {input_ids.dtype} {tuple(input_ids.shape)}")
+            if not torch.compiler.is_compiling() and input_ids.numel() and (
+                input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size
+            ):
+                raise ValueError(f"input_ids must lie in [0, vocab_size={cfg.vocab_size}), got values in "
+                                 f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        if class_labels is not None:
+            if class_labels.ndim != 1 or class_labels.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"class_labels must be an int64 tensor [B], got {class_labels.dtype} {tuple(class_labels.shape)}")
+            if input_ids is not None and class_labels.shape[0] != input_ids.shape[0]:
+                raise ValueError(f"class_labels has batch {class_labels.shape[0]} but input_ids has {input_ids.shape[0]}")
+            if not torch.compiler.is_compiling() and (class_labels.min() < 0 or class_labels.max() > cfg.num_classes):
+                raise ValueError(f"class_labels must lie in [0, num_classes={cfg.num_classes}] ({cfg.num_classes} is the "
+                                 f"null class), got values in [{int(class_labels.min())}, {int(class_labels.max())}]")
+        if seq_len == 0:
+            raise ValueError("pass input_ids, class_labels or both")
+        if past_length + seq_len > self.max_sequence_length:
+            raise ValueError(f"the sequence ({past_length} cached + {seq_len} new) exceeds cls_token_num + block_size = "
+                             f"{self.max_sequence_length} positions")
+        if labels is not None:
+            if labels.ndim != 2 or labels.dtype != torch.int64 or input_ids is None:
+                raise ValueError(f"labels must be an int64 tensor [B, L] with input_ids given, got {labels.dtype} {tuple(labels.shape)}")
+            if class_labels is None or labels.shape[1] > input_ids.shape[1] + 1:
+                raise ValueError(f"labels [B, L] needs class_labels and input_ids with at least L - 1 tokens, got "
+                                 f"L = {labels.shape[1]} and {input_ids.shape[1]} input_ids")
+        if attention_bias is not None and (not attention_bias.is_floating_point() or attention_bias.ndim != 4):
+            raise ValueError(f"attention_bias must be an additive float tensor [B, 1, T, S], got "
+                             f"{attention_bias.dtype} {tuple(attention_bias.shape)}")
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        class_labels: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        attention_bias: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool = False,
+        cache_position: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        Args:
+            input_ids: image tokens [B, T], row-major codes of the VQ grid.
+            class_labels: [B] ids in [0, num_classes], `num_classes` being the null class; when given, the class
+                token(s) are prepended. Leave it out to continue a cached sequence.
+            labels: [B, L] image tokens; the mean next-token cross-entropy of `logits[:, cls_token_num - 1:][:, :L]`.
+            attention_bias: additive float bias [B, 1, T, S] over the S = cached + T keys, added to the causal mask
+                (0 keeps a key, -inf drops it). ST-AR's masked-attention objective drops random keys this way;
+                keep each query's own position open so no row is empty.
+            past_key_values / use_cache: a transformers `Cache` to read and extend (a `DynamicCache` is made when
+                `use_cache` is set and none is given).
+            cache_position: [T] sequence positions of the new tokens; derived from the cache length when omitted.
+            output_hidden_states: also return `hidden_states`: the embeddings and the output of every layer
+                (before the final norm), each [B, T, hidden].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        past_length = past_key_values.get_seq_length() if past_key_values is not None and cache_position is None else 0
+        seq_len = (0 if input_ids is None else input_ids.shape[1]) + (
+            0 if class_labels is None else self.config.cls_token_num
+        )
+        self._check_inputs(input_ids, class_labels, labels, attention_bias, past_length, seq_len)
+
+        embeddings = []
+        if class_labels is not None:
+            embeddings.append(self.embed_class_labels(class_labels))
+        if input_ids is not None:
+            embeddings.append(self.embed_tokens(input_ids))
+        hidden_states = self.token_dropout(torch.cat(embeddings, dim=1))  # [B, T, hidden]
+
+        if cache_position is None:
+            cache_position = torch.arange(past_length, past_length + seq_len, device=hidden_states.device)
+        rotary = self.rotary_emb(cache_position)
+        attention_mask = self._attention_mask(hidden_states, cache_position, past_key_values, attention_bias)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(
+                hidden_states, rotary, attention_mask=attention_mask, past_key_values=past_key_values
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        logits = self.lm_head(self.norm(hidden_states)).float()  # [B, T, V]
+
+        loss = None
+        if labels is not None:
+            start = self.config.cls_token_num - 1
+            predicted = logits[:, start : start + labels.shape[1]]
+            loss = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1))
+
+        output = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=past_key_values,
+            hidden_states=all_hidden_states, attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _attention_mask(self, hidden_states, cache_position, past_key_values, attention_bias):
+        """None (the kernel's own causal mask) or an additive mask [B or 1, 1, T, S] allowing key j for query i iff
+        j <= cache_position[i], plus `attention_bias`. Static caches return all slots, so the rule masks unfilled ones."""
+        if past_key_values is None and attention_bias is None and self.config._attn_implementation != "eager":
+            return None
+        seq_len = cache_position.shape[0]
+        num_keys = seq_len if past_key_values is None else past_key_values.get_mask_sizes(seq_len, 0)[0]
+        key_positions = torch.arange(num_keys, device=hidden_states.device)
+        allowed = key_positions[None, :] <= cache_position[:, None]  # [T, S]
+        mask = torch.zeros(allowed.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(hidden_states.dtype).min)[None, None]
+        if attention_bias is not None:
+            if attention_bias.shape[-2:] != mask.shape[-2:]:
+                raise ValueError(f"attention_bias must end in [T, S] = {list(mask.shape[-2:])}, got {tuple(attention_bias.shape)}")
+            mask = mask + attention_bias.to(mask.dtype)
+        return mask
+
+
+__all__ = ["LlamaGenForImageGeneration", "apply_rotary_emb"]
