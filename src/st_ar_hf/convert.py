@@ -197,5 +197,5 @@ def convert_llamagen_gpt(
 
 def _save(model, output_dir, source, kind: str):
     model.save_pretrained(output_dir)
-    source_name = Path(source).name if isinstance(source, (str, os.PathLike)) else "a state dict"
+    source_name = f"`{Path(source).name}`" if isinstance(source, (str, os.PathLike)) else "a state dict"
     converted_model_card(model, source_name, kind).save(Path(output_dir) / "README.md")

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from st_ar_hf.generation import filter_logits, generate, sample
+
+
+def _full_logits(model, tokens, class_labels):
+    """Logits [B, block_size, V] of every image token given the true prefix, from one full forward."""
+    return model(input_ids=tokens[:, :-1], class_labels=class_labels).logits
+
+
+def test_greedy_cached_decoding_equals_full_forward_argmax(tiny_gpt):
+    class_labels = torch.tensor([1, 4, 9])
+    tokens = generate(tiny_gpt, class_labels, do_sample=False)
+    assert tokens.shape == (3, tiny_gpt.config.block_size) and tokens.dtype == torch.long
+    assert torch.equal(_full_logits(tiny_gpt, tokens, class_labels).argmax(-1), tokens)
+    assert len(set(tokens.flatten().tolist())) > 1
+
+
+@pytest.mark.parametrize("cfg_interval", [-1, 3])
+def test_greedy_cfg_follows_llamagen_formula(tiny_gpt, cfg_interval):
+    class_labels, scale = torch.tensor([2, 7]), 3.0
+    tokens = generate(tiny_gpt, class_labels, guidance_scale=scale, cfg_interval=cfg_interval, do_sample=False)
+    cond = _full_logits(tiny_gpt, tokens, class_labels)
+    uncond = _full_logits(tiny_gpt, tokens, torch.full_like(class_labels, tiny_gpt.config.null_class_id))
+    guided = uncond + (cond - uncond) * scale
+    if cfg_interval >= 0:
+        guided[:, cfg_interval + 2 :] = cond[:, cfg_interval + 2 :]
+    assert torch.equal(guided.argmax(-1), tokens)
+    assert not torch.equal(tokens, generate(tiny_gpt, class_labels, do_sample=False))
+
+
+def test_one_generator_makes_the_call_reproducible(tiny_gpt):
+    class_labels = torch.tensor([1, 2, 3])
+    first = generate(tiny_gpt, class_labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    again = generate(tiny_gpt, class_labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    other = generate(tiny_gpt, class_labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_generator_list_makes_each_image_independent_of_the_batch(tiny_gpt):
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    alone = generate(tiny_gpt, torch.tensor([5]), guidance_scale=2.0, top_k=20, generator=gens(42))
+    in_batch = generate(tiny_gpt, torch.tensor([1, 5, 8]), guidance_scale=2.0, top_k=20, generator=gens(7, 42, 9))
+    assert torch.equal(in_batch[1], alone[0])
+    with pytest.raises(ValueError, match="one per class label"):
+        generate(tiny_gpt, torch.tensor([1, 2]), generator=gens(1))
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.6)).tolist() == [[False, False, True, True]]  # 0.5 < 0.6 <= 0.8
+    assert torch.isinf(filter_logits(logits, top_p=0.4)).tolist() == [[False, True, True, True]]
+    assert torch.equal(filter_logits(logits), logits)
+
+
+def test_exponential_race_samples_the_softmax_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    draws = 40_000
+    logits = probs.log().expand(draws, 4)
+    noise = torch.empty(draws, 4).exponential_(generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(sample(logits, noise=noise), minlength=4).float() / draws
+    assert torch.allclose(frequencies, probs, atol=0.01)
+    frequencies = torch.bincount(sample(logits, temperature=0.5, noise=noise), minlength=4).float() / draws
+    assert torch.allclose(frequencies, (probs.log() / 0.5).softmax(-1), atol=0.01)

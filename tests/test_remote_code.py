@@ -1,0 +1,57 @@
+"""A saved directory loads with `trust_remote_code=True` in a process where st_ar_hf cannot be imported."""
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+HIDE_PACKAGE = textwrap.dedent(
+    """
+    import sys
+    class _Hide:
+        def find_spec(self, name, path=None, target=None):
+            if name == "st_ar_hf" or name.startswith("st_ar_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+    sys.meta_path.insert(0, _Hide())
+    """
+)
+
+
+def _run_hidden(code: str, tmp_path) -> subprocess.CompletedProcess:
+    script = HIDE_PACKAGE + textwrap.dedent(code)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def test_gpt_and_vq_load_as_remote_code_without_the_package(tiny_gpt, tiny_vq, tmp_path):
+    tiny_gpt.save_pretrained(tmp_path / "gpt")
+    tiny_vq.save_pretrained(tmp_path / "vq")
+    tokens = torch.randint(0, 64, (2, 15), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 10])
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.save({"tokens": tokens, "labels": labels, "pixels": pixels}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        torch.save({"logits": tiny_gpt(tokens, labels).logits, "indices": tiny_vq.encode(pixels).indices},
+                   tmp_path / "expected.pt")
+    result = _run_hidden(
+        """
+        import torch
+        from transformers import AutoModel
+        try:
+            import st_ar_hf
+            raise SystemExit("st_ar_hf was importable")
+        except ModuleNotFoundError:
+            pass
+        inputs, expected = torch.load("inputs.pt"), torch.load("expected.pt")
+        gpt = AutoModel.from_pretrained("gpt", trust_remote_code=True)
+        vq = AutoModel.from_pretrained("vq", trust_remote_code=True)
+        assert type(gpt).__module__.startswith("transformers_modules"), type(gpt).__module__
+        with torch.no_grad():
+            assert torch.allclose(gpt(inputs["tokens"], inputs["labels"]).logits, expected["logits"], atol=1e-6)
+            assert torch.equal(vq.encode(inputs["pixels"]).indices, expected["indices"])
+        print("remote code ok")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0 and "remote code ok" in result.stdout, result.stderr[-3000:]
