@@ -1,0 +1,124 @@
+"""Throughput of LlamaGen-B (random weights) on this machine: full forward and KV-cached decoding, fp32 and bf16.
+
+Each measurement prints its baseline from the same run and the ratio:
+- forward: SDPA attention against the eager (matmul + softmax) attention,
+- decoding: the static-KV-cache step against recomputing the whole prefix for every token (no cache),
+and the fraction of this machine's matmul peak, measured here with a large square matmul in the same dtype. Decoding
+small batches is bound by reading the weights once per step instead: its floor is weight bytes / memory bandwidth,
+with the bandwidth measured here by a large copy, and the script prints the fraction of that floor reached.
+
+    python benchmarks/bench_llamagen_gpt.py [--size B] [--batch 8] [--decode-tokens 64] [--dtypes fp32 bf16]
+"""
+
+import argparse
+import copy
+import time
+
+import torch
+from transformers import StaticCache
+
+from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def timed(fn, repeats=3):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak_flops(dtype, n=2048):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, repeats=5)
+
+
+def memory_bandwidth(num_bytes=1 << 30):
+    source = torch.empty(num_bytes, dtype=torch.uint8).fill_(1)
+    target = torch.empty_like(source)
+    return 2 * num_bytes / timed(lambda: target.copy_(source), repeats=5)  # read + write
+
+
+def forward_flops_per_token(config: LlamaGenConfig, context: int) -> float:
+    """Matmul FLOPs per token: projections, MLP, head, and attention scores/values over `context` keys."""
+    hidden, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
+    per_layer = 2 * hidden * (hidden + 2 * kv) + 2 * hidden * hidden + 3 * 2 * hidden * config.intermediate_size
+    per_layer += 2 * 2 * context * hidden
+    return config.num_hidden_layers * per_layer + 2 * hidden * config.vocab_size
+
+
+@torch.no_grad()
+def bench_forward(model, batch):
+    config = model.config
+    tokens = torch.randint(0, config.vocab_size, (batch, config.block_size - 1))
+    labels = torch.randint(0, config.num_classes, (batch,))
+    seconds = timed(lambda: model(tokens, labels))
+    flops = batch * config.block_size * forward_flops_per_token(config, config.block_size / 2)
+    return batch * config.block_size / seconds, flops / seconds
+
+
+@torch.no_grad()
+def bench_decode(model, batch, steps, use_cache):
+    config = model.config
+    labels = torch.randint(0, config.num_classes, (batch,))
+    tokens = torch.randint(0, config.vocab_size, (batch, steps))
+
+    def cached():
+        cache = StaticCache(config=config, max_cache_len=model.max_sequence_length)
+        model(class_labels=labels, past_key_values=cache)
+        position = torch.tensor([config.cls_token_num])
+        for k in range(steps):
+            model(input_ids=tokens[:, k : k + 1], past_key_values=cache, cache_position=position)
+            position += 1
+
+    def recompute():
+        for k in range(steps):
+            model(input_ids=tokens[:, : k + 1], class_labels=labels)
+
+    seconds = timed(cached if use_cache else recompute, repeats=1)
+    flops = batch * sum(forward_flops_per_token(config, config.cls_token_num + k + 1) for k in range(steps))
+    return batch * steps / seconds, flops / seconds, steps / seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="B")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LlamaGen-{args.size}, batch {args.batch}")
+    for name in args.dtypes:
+        dtype = DTYPES[name]
+        sdpa = LlamaGenForImageGeneration(LlamaGenConfig.from_preset(args.size)).eval().to(dtype)
+        eager = LlamaGenForImageGeneration._from_config(
+            copy.deepcopy(sdpa.config), attn_implementation="eager"
+        ).eval().to(dtype)
+        eager.load_state_dict(sdpa.state_dict())
+        peak, bandwidth = matmul_peak_flops(dtype), memory_bandwidth()
+        weight_bytes = sum(p.numel() * p.element_size() for p in sdpa.parameters())
+        floor_steps_per_s = bandwidth / weight_bytes
+        print(f"\n[{name}] matmul peak {peak / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
+              f"weights {weight_bytes / 1e6:.0f} MB -> at most {floor_steps_per_s:.1f} decode steps/s")
+        rows = [
+            ("forward (sdpa)", *bench_forward(sdpa, args.batch)),
+            ("forward baseline (eager)", *bench_forward(eager, args.batch)),
+            ("decode (static KV cache)", *bench_decode(sdpa, args.batch, args.decode_tokens, use_cache=True)),
+            ("decode baseline (no cache)", *bench_decode(sdpa, args.batch, args.decode_tokens, use_cache=False)),
+        ]
+        for label, tokens_per_s, flops_per_s, *steps_per_s in rows:
+            line = f"  {label:28s} {tokens_per_s:9.1f} tokens/s  {flops_per_s / 1e9:7.1f} GFLOP/s  {100 * flops_per_s / peak:5.1f}% of peak"
+            if steps_per_s:
+                line += f"  {steps_per_s[0]:5.1f} steps/s = {100 * steps_per_s[0] / floor_steps_per_s:5.1f}% of the bandwidth floor"
+            print(line)
+        print(f"  ratio forward sdpa/eager: {rows[0][1] / rows[1][1]:.2f}x   "
+              f"ratio decode cache/no-cache: {rows[2][1] / rows[3][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
