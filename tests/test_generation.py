@@ -66,3 +66,21 @@ def test_exponential_race_samples_the_softmax_distribution():
     assert torch.allclose(frequencies, probs, atol=0.01)
     frequencies = torch.bincount(sample(logits, temperature=0.5, noise=noise), minlength=4).float() / draws
     assert torch.allclose(frequencies, (probs.log() / 0.5).softmax(-1), atol=0.01)
+
+
+def test_bf16_model_decodes_and_returns_fp32_logits(tiny_gpt):
+    model = tiny_gpt.to(torch.bfloat16)
+    tokens = generate(model, torch.tensor([1, 2]), guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == (2, model.config.block_size)
+    assert model(tokens[:, :-1], torch.tensor([1, 2])).logits.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_cached_decoding_matches_full_forward(tiny_gpt):
+    model = tiny_gpt.to("cuda")
+    class_labels = torch.tensor([1, 4, 9], device="cuda")
+    tokens = generate(model, class_labels, do_sample=False)
+    assert torch.equal(_full_logits(model, tokens, class_labels).argmax(-1), tokens)
+    sampled = generate(model, class_labels, generator=torch.Generator().manual_seed(0))  # CPU generator, GPU model
+    again = generate(model, class_labels, generator=torch.Generator().manual_seed(0))
+    assert sampled.device.type == "cuda" and torch.equal(sampled, again)
