@@ -31,3 +31,25 @@ def converted_model_card(model, source: str, kind: str) -> ModelCard:
         num_parameters=f"{model.num_parameters():,}",
         config=config,
     )
+
+
+def pipeline_model_card(pipeline, remote_code: bool) -> ModelCard:
+    """Card of a saved `STARPipeline` directory."""
+    card_data = ModelCardData(
+        library_name="diffusers",
+        license="mit",
+        tags=["st-ar-hf", "llamagen", "class-conditional-image-generation", "autoregressive"],
+    )
+    transformer = pipeline.transformer
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "star_pipeline.md"),
+        remote_code=remote_code,
+        transformer_class=type(transformer).__name__,
+        transformer_parameters=f"{transformer.num_parameters():,}",
+        vqvae_parameters=f"{pipeline.vqvae.num_parameters():,}",
+        image_size=transformer.config.grid_size * pipeline.vqvae.config.downsample_factor,
+        grid_size=transformer.config.grid_size,
+        num_classes=transformer.config.num_classes,
+        example_label=pipeline.id2label[min(pipeline.id2label)].split(",")[0],
+    )

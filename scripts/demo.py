@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoModel
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, LlamaGenVQVAEConfig
-from st_ar_hf.generation import generate
+from st_ar_hf.pipelines.generation import generate
 
 
 def main():

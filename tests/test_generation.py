@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from st_ar_hf.generation import filter_logits, generate, sample
+from st_ar_hf.pipelines.generation import filter_logits, generate, sample
 
 
 def _full_logits(model, tokens, class_labels):

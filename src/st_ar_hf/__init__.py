@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel
 from .configuration_llamagen import LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS, LlamaGenConfig, LlamaGenVQVAEConfig
 from .modeling_llamagen import LlamaGenForImageGeneration
 from .modeling_llamagen_vq import LlamaGenVQVAE
+from .pipelines import STARPipeline, STARPipelineOutput
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,6 @@ __all__ = [
     "LlamaGenForImageGeneration",
     "LlamaGenVQVAE",
     "LlamaGenVQVAEConfig",
+    "STARPipeline",
+    "STARPipelineOutput",
 ]

@@ -86,7 +86,8 @@ def generate(
             conditional logits alone are used (the doubled batch still runs); -1 guides every token.
         do_sample: False takes the most likely token at each step (greedy), ignoring temperature, top-k and top-p.
         generator: one generator, or a list with one per label so that row i depends on generator i alone.
-        callback: called as `callback(step, tokens)` after each token, tokens [B, step + 1].
+        callback: called as `callback(step, tokens)` after each token with tokens [B, step + 1]; it may return a
+            replacement [B] for the token just sampled (the earlier ones are already in the KV cache).
     """
     if isinstance(generator, list) and len(generator) != class_labels.shape[0]:
         raise ValueError(f"generator is a list of {len(generator)}, expected one per class label ({class_labels.shape[0]})")
@@ -104,15 +105,15 @@ def generate(
         return sample(logits, temperature, top_k, top_p, noise)
 
     tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=device)
-    tokens[:, 0] = next_token(prefill(model, class_labels, cache), 0)
-    if callback is not None:
-        callback(0, tokens[:, :1])
     cache_position = torch.tensor([config.cls_token_num], device=device)
-    for step in range(1, config.block_size):
-        current = tokens[:, step - 1]
-        logits = decode_one_token(model, torch.cat([current, current]) if use_cfg else current, cache, cache_position)
+    for step in range(config.block_size):
+        if step == 0:
+            logits = prefill(model, class_labels, cache)
+        else:
+            current = tokens[:, step - 1]
+            logits = decode_one_token(model, torch.cat([current, current]) if use_cfg else current, cache, cache_position)
+            cache_position += 1
         tokens[:, step] = next_token(logits, step)
-        cache_position += 1
-        if callback is not None:
-            callback(step, tokens[:, : step + 1])
+        if callback is not None and (replacement := callback(step, tokens[:, : step + 1])) is not None:
+            tokens[:, step] = replacement
     return tokens

@@ -1,0 +1,232 @@
+"""STARPipeline: class-conditional image generation with a LlamaGen-style GPT and its VQ tokenizer.
+
+This file and `generation.py` beside it are the pipeline's only code: `save_pretrained(..., remote_code=True)` copies
+both to the repo root, so nothing here may import `st_ar_hf` (the models are reached through their components).
+"""
+
+import difflib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from huggingface_hub import snapshot_download
+from transformers import PreTrainedModel
+
+from .generation import generate
+
+# ImageNet-1k class names, index -> comma-separated WordNet synonyms (as in DiT's id2label)
+IMAGENET_LABELS_FILE = Path(__file__).with_name("imagenet_labels.json")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class STARPipelineOutput(BaseOutput):
+    """
+    images: list of PIL images, an np.ndarray [B, H, W, 3] or a torch tensor [B, 3, H, W] in [0, 1]; None for
+        output_type="latent".
+    tokens: the sampled code ids [B, h, w].
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
+    tokens: torch.LongTensor
+
+
+class STARPipeline(DiffusionPipeline):
+    r"""Class-conditional sampling: the `transformer` draws a grid of VQ codes per class label, the `vqvae` decodes it.
+
+    Args:
+        transformer: a `LlamaGenForImageGeneration`.
+        vqvae: a `LlamaGenVQVAE` whose codebook is the transformer's vocabulary.
+        id2label: class id -> name(s), comma-separated synonyms allowed; the ImageNet-1k names by default.
+    """
+
+    model_cpu_offload_seq = "transformer->vqvae"
+    _callback_tensor_inputs = ["tokens"]
+
+    def __init__(self, transformer: PreTrainedModel, vqvae: PreTrainedModel, id2label: dict[int, str] | None = None):
+        super().__init__()
+        self.register_modules(transformer=transformer, vqvae=vqvae)
+        if id2label is None:
+            id2label = json.loads(IMAGENET_LABELS_FILE.read_text())
+        id2label = {int(key): value for key, value in id2label.items()}
+        self.register_to_config(id2label=id2label)
+        self.labels = {
+            synonym.strip().lower(): class_id for class_id, names in id2label.items() for synonym in names.split(",")
+        }
+        self.image_processor = VaeImageProcessor(do_normalize=True)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {int(key): value for key, value in self.config.id2label.items()}
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """Class names (case-insensitive, any comma-separated synonym) -> class ids."""
+        ids = []
+        for name in [label] if isinstance(label, str) else label:
+            key = name.strip().lower()
+            if key not in self.labels:
+                close = difflib.get_close_matches(key, self.labels, n=3)
+                hint = f"; closest: {', '.join(repr(c) for c in close)}" if close else ""
+                raise ValueError(f"class_labels: unknown class name {name!r}{hint}")
+            ids.append(self.labels[key])
+        return ids
+
+    def check_inputs(self, class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p, generator,
+                     output_type, callback_on_step_end_tensor_inputs) -> list[int]:
+        """Validates every argument before decoding starts; returns the class ids."""
+        config = self.transformer.config
+        if isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        if not class_labels:
+            raise ValueError("class_labels must name at least one class")
+        ids = []
+        for label in class_labels:
+            if isinstance(label, str):
+                ids += self.get_label_ids(label)
+            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < config.num_classes:
+                ids.append(int(label))
+            else:
+                raise ValueError(f"class_labels: {label!r} is neither a class name nor an id in [0, {config.num_classes})")
+        if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
+            raise ValueError(f"num_images_per_label must be a positive int, got {num_images_per_label!r}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1.0 = no guidance), got {guidance_scale}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 <= top_k <= config.vocab_size:
+            raise ValueError(f"top_k must be in [0, {config.vocab_size}] (0 = off), got {top_k}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p}")
+        num_images = len(ids) * num_images_per_label
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise ValueError(f"generator is a list of {len(generator)} but the call makes {num_images} images "
+                             f"({len(ids)} labels x {num_images_per_label})")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if self.vqvae.config.codebook_size != config.vocab_size:
+            raise ValueError(f"vqvae has {self.vqvae.config.codebook_size} codes but the transformer's vocabulary is "
+                             f"{config.vocab_size}")
+        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: {sorted(unknown)} not in {self._callback_tensor_inputs}")
+        return ids
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | list[int | str],
+        num_images_per_label: int = 1,
+        guidance_scale: float = 2.0,
+        cfg_interval: int = -1,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ["tokens"],  # noqa: B006 (diffusers convention)
+    ) -> STARPipelineOutput | tuple:
+        r"""
+        Args:
+            class_labels: class ids, class names (any synonym of `id2label`, case-insensitive) or a mix.
+            num_images_per_label: images drawn for each label; images of one label are adjacent.
+            guidance_scale: CFG scale on raw logits, `uncond + (cond - uncond) * scale` with the null class as
+                `uncond`; 1.0 disables guidance (and the unconditional half), values in [0, 1) lean towards the
+                unconditional model.
+            cfg_interval: guide image tokens 0 .. cfg_interval + 1 only (LlamaGen's convention); -1 guides all.
+            temperature, top_k, top_p: applied after guidance; top_k 0 and top_p 1.0 are off.
+            generator: one generator for the whole call, or one per image: image i then depends on generator i
+                alone, whatever else is in the batch.
+            output_type: "pil", "np", "pt", or "latent" (tokens only, no decoding).
+            callback_on_step_end: `callback(pipe, step, step, {"tokens": [B, step + 1]})` after each token; a
+                returned "tokens" replaces the sampled tokens' last column (earlier ones are already in the cache).
+
+        Examples:
+        ```py
+        >>> pipe = STARPipeline.from_pretrained("org/st-ar-b-256")
+        >>> out = pipe(["golden retriever", 207], guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+        >>> out.images[0].save("dog.png"); out.tokens.shape  # [2, 16, 16]
+        ```
+        """
+        # 1. Check inputs
+        ids = self.check_inputs(class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p,
+                                generator, output_type, callback_on_step_end_tensor_inputs)
+        # 2. Define call parameters
+        device = self._execution_device
+        config = self.transformer.config
+        # 3. Prepare conditioning (the null class for CFG is added by `generate`)
+        class_ids = torch.tensor(ids, device=device).repeat_interleave(num_images_per_label)
+
+        # 4. Generate tokens
+        with self.progress_bar(total=config.block_size) as progress_bar:
+
+            def on_token(step, tokens):
+                progress_bar.update()
+                if callback_on_step_end is None:
+                    return None
+                callback_kwargs = {"tokens": tokens} if "tokens" in callback_on_step_end_tensor_inputs else {}
+                outputs = callback_on_step_end(self, step, step, callback_kwargs) or {}
+                return outputs["tokens"][:, -1] if "tokens" in outputs else None
+
+            tokens = generate(
+                self.transformer, class_ids, guidance_scale=guidance_scale, cfg_interval=cfg_interval,
+                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, callback=on_token,
+            )
+        tokens = tokens.view(-1, config.grid_size, config.grid_size)
+
+        # 5. Decode tokens with the VQ model, 6. post-process and offload
+        images = None
+        if output_type != "latent":
+            pixels = self.vqvae.decode(tokens)  # [B, 3, H, W] in [-1, 1]
+            images = self.image_processor.postprocess(pixels.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, tokens
+        return STARPipelineOutput(images=images, tokens=tokens)
+
+    @classmethod
+    def download(cls, pretrained_model_name, **kwargs) -> str:
+        """Hub repo id -> local snapshot. diffusers' own download refuses component classes from outside diffusers
+        and transformers, so the repo is fetched with `snapshot_download` (the HF cache serves it offline)."""
+        return snapshot_download(
+            pretrained_model_name,
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+            token=kwargs.get("token"),
+            force_download=kwargs.get("force_download", False),
+            local_files_only=kwargs.get("local_files_only", False),
+            allow_patterns=["*.json", "*.safetensors", "*.py", "*.md"],
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, remote_code: bool = False, **kwargs):
+        """Writes model_index.json, the components as safetensors, and a model card. With `remote_code`, also the
+        pipeline code at the root and `model_index.json` entries pointing at the code files, so that
+        `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)` works without st_ar_hf installed."""
+        super().save_pretrained(save_directory, **kwargs)
+        save_directory = Path(save_directory)
+        if remote_code:
+            for source in (Path(__file__), Path(__file__).with_name("generation.py")):
+                shutil.copyfile(source, save_directory / source.name)
+            index_file = save_directory / "model_index.json"
+            index = json.loads(index_file.read_text())
+            index["_class_name"] = [Path(__file__).stem, type(self).__name__]
+            for name in ("transformer", "vqvae"):
+                module = type(getattr(self, name)).__module__.rsplit(".", 1)[-1]
+                if not (save_directory / name / f"{module}.py").is_file():
+                    raise ValueError(f"{name} was saved without its code ({module}.py): register it for auto classes")
+                index[name] = [module, type(getattr(self, name)).__name__]
+            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        try:  # the card templates ship with the package, not with a remote-code copy of this file
+            from st_ar_hf.model_cards import pipeline_model_card
+        except ImportError:
+            return
+        pipeline_model_card(self, remote_code=remote_code).save(save_directory / "README.md")

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from st_ar_hf import LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
+from st_ar_hf.pipelines.generation import generate
+
+from .conftest import tiny_gpt_config, tiny_vq_config
+
+ID2LABEL = {i: name for i, name in enumerate(
+    ["tench, Tinca tinca", "goldfish", "golden retriever", "tabby, tabby cat", "volcano", "daisy", "otter", "pizza",
+     "castle", "jay"]
+)}
+
+
+@pytest.fixture
+def pipe(tiny_gpt, tiny_vq):
+    """Tiny random GPT (4x4 grid, 64 codes) and VQ (factor 2): 8x8 images."""
+    pipe = STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq, id2label=ID2LABEL)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def gens(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_names_ids_and_synonyms_resolve(pipe):
+    assert pipe.get_label_ids(["Golden Retriever", "tinca tinca", "tabby cat"]) == [2, 0, 3]
+    assert pipe.get_label_ids("volcano") == [4]
+    with pytest.raises(ValueError, match="unknown class name 'golden retreiver'; closest: 'golden retriever'"):
+        pipe.get_label_ids("golden retreiver")
+    out = pipe(["goldfish", 2], output_type="latent", generator=torch.Generator().manual_seed(0))
+    direct = generate(pipe.transformer, torch.tensor([1, 2]), guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.tokens, direct.view(2, 4, 4))
+
+
+def test_imagenet_names_are_the_default_labels(tiny_gpt, tiny_vq):
+    pipe = STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq)
+    assert len(pipe.id2label) == 1000 and pipe.get_label_ids(["golden retriever", "volcano"]) == [207, 980]
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_output_types_carry_tokens(pipe, output_type):
+    out = pipe([1, 2], num_images_per_label=2, output_type=output_type, generator=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (4, 4, 4)
+    assert not torch.equal(out.tokens[0], out.tokens[1])  # two draws of the same label differ
+    if output_type == "pil":
+        assert len(out.images) == 4 and isinstance(out.images[0], PIL.Image.Image) and out.images[0].size == (8, 8)
+    elif output_type == "np":
+        assert out.images.shape == (4, 8, 8, 3) and 0 <= out.images.min() and out.images.max() <= 1
+    elif output_type == "pt":
+        assert out.images.shape == (4, 3, 8, 8)
+        decoded = ((pipe.vqvae.decode(out.tokens) + 1) / 2).clamp(0, 1)
+        assert torch.allclose(out.images, decoded, atol=1e-6)
+    else:
+        assert out.images is None
+
+
+def test_image_i_depends_only_on_generator_i(pipe):
+    alone = pipe([3], guidance_scale=1.5, top_k=10, output_type="latent", generator=gens(123))
+    grid = pipe([5, 3, 1], guidance_scale=1.5, top_k=10, output_type="latent", generator=gens(7, 123, 9))
+    assert torch.equal(grid.tokens[1], alone.tokens[0])
+    again = pipe([5, 3, 1], guidance_scale=1.5, top_k=10, output_type="np", generator=gens(7, 123, 9))
+    assert torch.equal(grid.tokens, again.tokens)
+
+
+def test_callback_sees_every_step_and_can_replace_tokens(pipe):
+    seen = []
+
+    def force_zero(pipeline, step, timestep, kwargs):
+        seen.append((step, kwargs["tokens"].shape[1]))
+        return {"tokens": torch.zeros_like(kwargs["tokens"])}
+
+    out = pipe([1, 2], output_type="latent", callback_on_step_end=force_zero, generator=torch.Generator().manual_seed(0))
+    assert seen == [(k, k + 1) for k in range(16)]
+    assert torch.count_nonzero(out.tokens) == 0
+
+
+def test_progress_bar_counts_decoding_steps(pipe, capsys):
+    pipe.set_progress_bar_config(disable=False)
+    pipe([1], output_type="latent")
+    assert "16/16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(class_labels=[10]), r"class_labels: 10 is neither a class name nor an id in \[0, 10\)"),
+        (dict(class_labels=[]), "at least one class"),
+        (dict(class_labels=["pizzza"]), "closest: 'pizza'"),
+        (dict(class_labels=[1], guidance_scale=-0.5), "guidance_scale must be >= 0"),
+        (dict(class_labels=[1], temperature=0.0), "temperature must be > 0"),
+        (dict(class_labels=[1], top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(class_labels=[1], top_k=65), r"top_k must be in \[0, 64\]"),
+        (dict(class_labels=[1], top_k=-1), "top_k"),
+        (dict(class_labels=[1, 2], num_images_per_label=2, generator=gens(1, 2, 3)), "list of 3 but the call makes 4"),
+        (dict(class_labels=[1], output_type="jpg"), "output_type"),
+    ],
+)
+def test_bad_arguments_fail_before_decoding(pipe, kwargs, message):
+    calls = []
+    with pytest.raises(ValueError, match=message):
+        pipe(**kwargs, callback_on_step_end=lambda *args: calls.append(args))
+    assert not calls
+
+
+def test_mismatched_codebook_is_refused(tiny_gpt):
+    pipe = STARPipeline(transformer=tiny_gpt, vqvae=LlamaGenVQVAE(tiny_vq_config(codebook_size=32)), id2label=ID2LABEL)
+    with pytest.raises(ValueError, match="vqvae has 32 codes but the transformer's vocabulary is 64"):
+        pipe([1])
+
+
+def test_guidance_between_zero_and_one_is_allowed(pipe):
+    lean = pipe([1], guidance_scale=0.5, output_type="latent", generator=torch.Generator().manual_seed(0))
+    full = pipe([1], guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(0))
+    assert lean.tokens.shape == full.tokens.shape and not torch.equal(lean.tokens, full.tokens)
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "STARPipeline"
+    assert index["transformer"] == ["st_ar_hf.modeling_llamagen", "LlamaGenForImageGeneration"]
+    assert index["id2label"]["2"] == "golden retriever"
+    for name in ("transformer", "vqvae"):
+        assert (tmp_path / name / "model.safetensors").is_file()
+    card = (tmp_path / "README.md").read_text()
+    assert "library_name: diffusers" in card and "STARPipeline.from_pretrained" in card
+    loaded = STARPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.transformer, LlamaGenForImageGeneration) and loaded.id2label == pipe.id2label
+    expected = pipe(["jay"], output_type="np", generator=torch.Generator().manual_seed(3))
+    actual = loaded(["jay"], output_type="np", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(actual.tokens, expected.tokens) and np.allclose(actual.images, expected.images, atol=1e-6)
+
+
+def test_dtype_conversion_keeps_sampling(pipe):
+    pipe.to(dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16
+    out = pipe([1], output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert out.images.dtype == torch.float32 and out.images.shape == (1, 3, 8, 8)
