@@ -45,13 +45,14 @@ class STARPipeline(DiffusionPipeline):
     Args:
         transformer: a `LlamaGenForImageGeneration`.
         vqvae: a `LlamaGenVQVAE` whose codebook is the transformer's vocabulary.
-        id2label: class id -> name(s), comma-separated synonyms allowed; the ImageNet-1k names by default.
+        id2label: class id (int, or str as in JSON) -> name(s), comma-separated synonyms allowed; the ImageNet-1k
+            names by default.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
     _callback_tensor_inputs = ["tokens"]
 
-    def __init__(self, transformer: PreTrainedModel, vqvae: PreTrainedModel, id2label: dict[int, str] | None = None):
+    def __init__(self, transformer: PreTrainedModel, vqvae: PreTrainedModel, id2label: dict | None = None):
         super().__init__()
         self.register_modules(transformer=transformer, vqvae=vqvae)
         if id2label is None:

@@ -143,3 +143,30 @@ def test_dtype_conversion_keeps_sampling(pipe):
     assert pipe.transformer.dtype == torch.bfloat16
     out = pipe([1], output_type="pt", generator=torch.Generator().manual_seed(0))
     assert out.images.dtype == torch.float32 and out.images.shape == (1, 3, 8, 8)
+
+
+def test_loads_a_hub_repo_id_then_offline_from_the_cache(pipe, tmp_path):
+    """Against a loopback stand-in for the Hub (tests/fake_hub.py), in subprocesses so that HF_ENDPOINT applies."""
+    import subprocess
+    import sys
+
+    from .fake_hub import FakeHub
+
+    pipe.save_pretrained(tmp_path / "hub" / "org" / "st-ar-tiny")
+    expected = pipe(["jay", 4], output_type="latent", generator=torch.Generator().manual_seed(5)).tokens
+    torch.save(expected, tmp_path / "expected.pt")
+    script = (
+        "import torch; from st_ar_hf import STARPipeline\n"
+        "pipe = STARPipeline.from_pretrained('org/st-ar-tiny'); pipe.set_progress_bar_config(disable=True)\n"
+        "out = pipe(['jay', 4], output_type='latent', generator=torch.Generator().manual_seed(5))\n"
+        "assert torch.equal(out.tokens, torch.load('expected.pt')); print('loaded', pipe.name_or_path)\n"
+    )
+    env = {"HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    with FakeHub(tmp_path / "hub") as endpoint:
+        online = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                                env=env | {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}, timeout=120)
+    assert online.returncode == 0, online.stderr[-3000:]
+    offline = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                             env=env | {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert (tmp_path / "hf_home" / "hub" / "models--org--st-ar-tiny" / "snapshots").is_dir()  # served from the cache

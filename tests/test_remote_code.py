@@ -55,3 +55,30 @@ def test_gpt_and_vq_load_as_remote_code_without_the_package(tiny_gpt, tiny_vq, t
         tmp_path,
     )
     assert result.returncode == 0 and "remote code ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_pipeline_remote_code_layout_loads_without_the_package(tiny_gpt, tiny_vq, tmp_path):
+    from st_ar_hf import STARPipeline
+
+    pipe = STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq, id2label={i: f"class {i}" for i in range(10)})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path / "pipe", remote_code=True)
+    expected = pipe(["class 3", 7], output_type="pt", generator=torch.Generator().manual_seed(0))
+    torch.save({"tokens": expected.tokens, "images": expected.images}, tmp_path / "expected.pt")
+    result = _run_hidden(
+        """
+        import json, torch
+        from diffusers import DiffusionPipeline
+        expected = torch.load("expected.pt")
+        index = json.load(open("pipe/model_index.json"))
+        assert index["_class_name"] == ["pipeline_star", "STARPipeline"], index["_class_name"]
+        pipe = DiffusionPipeline.from_pretrained("pipe", trust_remote_code=True)
+        assert type(pipe).__name__ == "STARPipeline" and "st_ar_hf" not in type(pipe).__module__
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(["class 3", 7], output_type="pt", generator=torch.Generator().manual_seed(0))
+        assert torch.equal(out.tokens, expected["tokens"]) and torch.allclose(out.images, expected["images"], atol=1e-6)
+        print("remote pipeline ok")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0 and "remote pipeline ok" in result.stdout, result.stderr[-3000:]
