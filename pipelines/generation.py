@@ -65,6 +65,17 @@ def decode_one_token(model, tokens: torch.LongTensor, cache: StaticCache, cache_
     return model(input_ids=tokens[:, None], past_key_values=cache, cache_position=cache_position).logits[:, -1]
 
 
+_compiled_decode_steps = {}
+
+
+def compiled_decode_one_token(device: torch.device):
+    """`decode_one_token` under torch.compile (fullgraph; CUDA graphs on GPU), compiled once per device type."""
+    if device.type not in _compiled_decode_steps:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _compiled_decode_steps[device.type] = torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False)
+    return _compiled_decode_steps[device.type]
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -77,6 +88,7 @@ def generate(
     do_sample: bool = True,
     generator: Generators = None,
     callback=None,
+    compile: bool = False,
 ) -> torch.LongTensor:
     """Sample `block_size` image tokens per class label: class_labels [B] -> tokens [B, block_size] (row-major grid).
 
@@ -88,6 +100,7 @@ def generate(
         generator: one generator, or a list with one per label so that row i depends on generator i alone.
         callback: called as `callback(step, tokens)` after each token with tokens [B, step + 1]; it may return a
             replacement [B] for the token just sampled (the earlier ones are already in the KV cache).
+        compile: run the per-token step under torch.compile (the first call compiles; same tokens as eager).
     """
     if isinstance(generator, list) and len(generator) != class_labels.shape[0]:
         raise ValueError(f"generator is a list of {len(generator)}, expected one per class label ({class_labels.shape[0]})")
@@ -97,6 +110,7 @@ def generate(
     if use_cfg:
         class_labels = torch.cat([class_labels, torch.full_like(class_labels, config.null_class_id)])
     cache = StaticCache(config=config, max_cache_len=model.max_sequence_length)
+    decode_step = compiled_decode_one_token(device) if compile else decode_one_token
 
     def next_token(logits, step):
         if use_cfg:
@@ -111,7 +125,7 @@ def generate(
             logits = prefill(model, class_labels, cache)
         else:
             current = tokens[:, step - 1]
-            logits = decode_one_token(model, torch.cat([current, current]) if use_cfg else current, cache, cache_position)
+            logits = decode_step(model, torch.cat([current, current]) if use_cfg else current, cache, cache_position)
             cache_position += 1
         tokens[:, step] = next_token(logits, step)
         if callback is not None and (replacement := callback(step, tokens[:, : step + 1])) is not None:

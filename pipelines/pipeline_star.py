@@ -135,6 +135,7 @@ class STARPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] = ["tokens"],  # noqa: B006 (diffusers convention)
+        compile_decoding: bool = False,
     ) -> STARPipelineOutput | tuple:
         r"""
         Args:
@@ -150,6 +151,8 @@ class STARPipeline(DiffusionPipeline):
             output_type: "pil", "np", "pt", or "latent" (tokens only, no decoding).
             callback_on_step_end: `callback(pipe, step, step, {"tokens": [B, step + 1]})` after each token; a
                 returned "tokens" replaces the sampled tokens' last column (earlier ones are already in the cache).
+            compile_decoding: run the per-token step under torch.compile (CUDA graphs on GPU); the first call
+                compiles, later calls reuse it, and the tokens are those of the eager path.
 
         Examples:
         ```py
@@ -181,6 +184,7 @@ class STARPipeline(DiffusionPipeline):
             tokens = generate(
                 self.transformer, class_ids, guidance_scale=guidance_scale, cfg_interval=cfg_interval,
                 temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, callback=on_token,
+                compile=compile_decoding,
             )
         tokens = tokens.view(-1, config.grid_size, config.grid_size)
 

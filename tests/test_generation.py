@@ -84,3 +84,26 @@ def test_cuda_cached_decoding_matches_full_forward(tiny_gpt):
     sampled = generate(model, class_labels, generator=torch.Generator().manual_seed(0))  # CPU generator, GPU model
     again = generate(model, class_labels, generator=torch.Generator().manual_seed(0))
     assert sampled.device.type == "cuda" and torch.equal(sampled, again)
+
+
+def _reference_generate(model, class_labels, guidance_scale, top_k, seed):
+    """The plain reference: every step recomputes the whole sequence with a full forward (no cache); sampling noise
+    drawn in the same order from the same generator."""
+    generator = torch.Generator().manual_seed(seed)
+    null = torch.full_like(class_labels, model.config.null_class_id)
+    tokens = torch.empty(class_labels.shape[0], 0, dtype=torch.long)
+    for _ in range(model.config.block_size):
+        cond = model(input_ids=tokens, class_labels=class_labels).logits[:, -1]
+        uncond = model(input_ids=tokens, class_labels=null).logits[:, -1]
+        noise = torch.empty(cond.shape).exponential_(generator=generator)
+        logits = uncond + (cond - uncond) * guidance_scale
+        tokens = torch.cat([tokens, sample(logits, top_k=top_k, noise=noise)[:, None]], dim=1)
+    return tokens
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "torch.compile"])
+def test_fast_decoding_samples_the_same_tokens_as_the_full_forward_reference(tiny_gpt, compile):
+    class_labels = torch.tensor([3, 8])
+    fast = generate(tiny_gpt, class_labels, guidance_scale=2.0, top_k=30, generator=torch.Generator().manual_seed(11),
+                    compile=compile)
+    assert torch.equal(fast, _reference_generate(tiny_gpt, class_labels, 2.0, 30, seed=11))

@@ -170,3 +170,17 @@ def test_loads_a_hub_repo_id_then_offline_from_the_cache(pipe, tmp_path):
                              env=env | {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert offline.returncode == 0, offline.stderr[-3000:]
     assert (tmp_path / "hf_home" / "hub" / "models--org--st-ar-tiny" / "snapshots").is_dir()  # served from the cache
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_model_cpu_offload_and_compiled_cuda_decoding_keep_the_tokens(pipe):
+    expected = pipe([1, 2], output_type="np", generator=torch.Generator().manual_seed(0))
+    pipe.enable_model_cpu_offload()
+    offloaded = pipe([1, 2], output_type="np", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(offloaded.tokens.cpu(), expected.tokens)
+    assert np.allclose(offloaded.images, expected.images, atol=1e-4)
+    pipe.remove_all_hooks()
+    pipe.to("cuda")
+    eager = pipe([1, 2], output_type="latent", generator=torch.Generator().manual_seed(1))
+    compiled = pipe([1, 2], output_type="latent", generator=torch.Generator().manual_seed(1), compile_decoding=True)
+    assert torch.equal(eager.tokens, compiled.tokens)

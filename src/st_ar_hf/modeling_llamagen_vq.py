@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -268,6 +269,7 @@ class LlamaGenVQVAE(PreTrainedModel):
             raise ValueError(f"pixel_values must have {self.config.in_channels} channels and a height and width divisible "
                              f"by the downsample factor {f}, got shape {tuple(pixel_values.shape)}")
 
+    @apply_forward_hook  # so that diffusers' model CPU offload moves the model in for encode and decode too
     def encode(self, pixel_values: torch.FloatTensor) -> LlamaGenVQVAEEncoderOutput:
         """pixel_values [B, 3, H, W] in [-1, 1] -> indices [B, H/f, W/f] and quantized [B, C, H/f, W/f]."""
         self._check_pixel_values(pixel_values)
@@ -278,6 +280,7 @@ class LlamaGenVQVAE(PreTrainedModel):
             indices=indices, quantized=quantized.permute(0, 3, 1, 2), latents=z.permute(0, 3, 1, 2)
         )
 
+    @apply_forward_hook
     def decode(self, indices: torch.LongTensor) -> torch.FloatTensor:
         """indices [B, h, w] or [B, h*w] (a square grid) -> pixels [B, 3, h*f, w*f] in [-1, 1] (not clamped)."""
         if not isinstance(indices, torch.Tensor) or indices.dtype not in (torch.int64, torch.int32) or indices.ndim not in (2, 3):
