@@ -12,43 +12,14 @@ with the bandwidth measured here by a large copy, and the script prints the frac
 
 import argparse
 import copy
-import time
 
 import torch
+from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, timed
 from transformers import StaticCache
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def timed(fn, repeats=3):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_peak_flops(dtype, n=2048):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, repeats=5)
-
-
-def memory_bandwidth(num_bytes=1 << 30):
-    source = torch.empty(num_bytes, dtype=torch.uint8).fill_(1)
-    target = torch.empty_like(source)
-    return 2 * num_bytes / timed(lambda: target.copy_(source), repeats=5)  # read + write
-
-
-def forward_flops_per_token(config: LlamaGenConfig, context: int) -> float:
-    """Matmul FLOPs per token: projections, MLP, head, and attention scores/values over `context` keys."""
-    hidden, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
-    per_layer = 2 * hidden * (hidden + 2 * kv) + 2 * hidden * hidden + 3 * 2 * hidden * config.intermediate_size
-    per_layer += 2 * 2 * context * hidden
-    return config.num_hidden_layers * per_layer + 2 * hidden * config.vocab_size
 
 
 @torch.no_grad()

@@ -29,12 +29,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def exponential_noise(generator: Generators, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Exp(1) noise [B, V]; with a list of generators, row i comes from generator i alone."""
+    """Exp(1) noise [B, V] on `device`; with a list of generators, row i comes from generator i alone. Noise drawn on
+    the CPU for a GPU goes through pinned memory with a non-blocking copy, so the decoding loop never waits on it."""
+    generators = generator if isinstance(generator, list) else [generator]
+    noise_device = generators[0].device if generators[0] is not None else device
+    pin = noise_device.type == "cpu" and device.type == "cuda"
     if isinstance(generator, list):
-        rows = [torch.empty(shape[1:], device=g.device).exponential_(generator=g) for g in generator]
-        return torch.stack(rows).to(device)
-    noise_device = generator.device if generator is not None else device
-    return torch.empty(shape, device=noise_device).exponential_(generator=generator).to(device)
+        noise = torch.empty(shape, device=noise_device, pin_memory=pin)
+        for row, g in zip(noise, generator):
+            row.exponential_(generator=g)
+    else:
+        noise = torch.empty(shape, device=noise_device, pin_memory=pin).exponential_(generator=generator)
+    return noise.to(device, non_blocking=True)
 
 
 def sample(

@@ -184,3 +184,23 @@ def test_model_cpu_offload_and_compiled_cuda_decoding_keep_the_tokens(pipe):
     eager = pipe([1, 2], output_type="latent", generator=torch.Generator().manual_seed(1))
     compiled = pipe([1, 2], output_type="latent", generator=torch.Generator().manual_seed(1), compile_decoding=True)
     assert torch.equal(eager.tokens, compiled.tokens)
+
+
+def test_cli_sample_writes_a_grid_and_reports_bad_labels(pipe, tmp_path):
+    import subprocess
+    import sys
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    run = [sys.executable, "-m", "st_ar_hf.cli", "sample", "--model", str(tmp_path / "pipe"), "--guidance-scale", "2.0"]
+    by_id = subprocess.run(run + ["--labels", "2", "7", "--num-images-per-label", "2", "--out", str(tmp_path / "a.png")],
+                           capture_output=True, text=True)
+    assert by_id.returncode == 0, by_id.stderr[-2000:]
+    by_name = subprocess.run(run + ["--labels", "Golden Retriever", "pizza", "--num-images-per-label", "2",
+                                    "--out", str(tmp_path / "b.png")], capture_output=True, text=True)
+    assert by_name.returncode == 0, by_name.stderr[-2000:]
+    grid = PIL.Image.open(tmp_path / "a.png")
+    assert grid.size == (2 * 8, 2 * 8)  # a row per label, a column per image
+    assert np.array_equal(np.asarray(grid), np.asarray(PIL.Image.open(tmp_path / "b.png")))
+    bad = subprocess.run(run + ["--labels", "golden retreiver", "--out", str(tmp_path / "x.png")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "closest: 'golden retriever'" in bad.stderr and "Traceback" not in bad.stderr

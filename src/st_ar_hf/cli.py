@@ -1,7 +1,10 @@
-"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt ...`."""
+"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt ...`, `st-ar sample ...`."""
 
 import argparse
 import sys
+
+import torch
+from PIL import Image
 
 from .configuration_llamagen import LLAMAGEN_PRESETS
 
@@ -20,7 +23,43 @@ def _parser() -> argparse.ArgumentParser:
     gpt.add_argument("--size", choices=sorted(LLAMAGEN_PRESETS), help="preset giving the head count")
     gpt.add_argument("--num-attention-heads", type=int, help="head count for checkpoints matching no preset")
     gpt.add_argument("--block-size", type=int, default=256, help="image tokens: 256 for 256px checkpoints, 576 for 384px")
+
+    sample = commands.add_parser("sample", help="sample class-conditional images into a PNG grid")
+    sample.add_argument("--model", required=True, help="a STARPipeline directory or Hub repo id")
+    sample.add_argument("--labels", nargs="+", required=True, help="class ids or names (quote names with spaces)")
+    sample.add_argument("--num-images-per-label", type=int, default=1)
+    sample.add_argument("--guidance-scale", type=float, default=2.0)
+    sample.add_argument("--cfg-interval", type=int, default=-1)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-k", type=int, default=0)
+    sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0, help="image i is drawn with seed + i, alone reproducible")
+    sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sample.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    sample.add_argument("--compile", action="store_true", help="torch.compile the decoding step")
+    sample.add_argument("--out", required=True, help="PNG file for the grid (one row per label)")
     return parser
+
+
+def _sample(args) -> str:
+    from .pipelines import STARPipeline
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    labels = [int(label) if label.isdigit() else label for label in args.labels]
+    pipe = STARPipeline.from_pretrained(args.model).to(args.device, dtype)
+    num_images = len(labels) * args.num_images_per_label
+    out = pipe(
+        labels, num_images_per_label=args.num_images_per_label, guidance_scale=args.guidance_scale,
+        cfg_interval=args.cfg_interval, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        generator=[torch.Generator().manual_seed(args.seed + i) for i in range(num_images)],
+        compile_decoding=args.compile,
+    )
+    width, height = out.images[0].size
+    grid = Image.new("RGB", (width * args.num_images_per_label, height * len(labels)))
+    for i, image in enumerate(out.images):
+        grid.paste(image, ((i % args.num_images_per_label) * width, (i // args.num_images_per_label) * height))
+    grid.save(args.out)
+    return f"wrote {num_images} images ({width}x{height}) to {args.out}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from .convert import convert_llamagen_gpt, convert_llamagen_vq
 
     try:
+        if args.command == "sample":
+            print(_sample(args))
+            return 0
         if args.kind == "llamagen-vq":
             model = convert_llamagen_vq(args.checkpoint, output_dir=args.output)
         else:
@@ -36,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 block_size=args.block_size, output_dir=args.output,
             )
     except ValueError as error:
-        print(f"st-ar convert: error: {error}", file=sys.stderr)
+        print(f"st-ar {args.command}: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {type(model).__name__} ({model.num_parameters():,} parameters) to {args.output}")
     return 0

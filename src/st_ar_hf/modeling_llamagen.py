@@ -138,6 +138,12 @@ class LlamaGenDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights
 
 
+def _host_checkable(tensor: torch.Tensor) -> bool:
+    """Value checks run on CPU tensors only: on an accelerator they would stall the decoding loop once per token
+    (there, out-of-range ids still trip the embedding's device-side assert)."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 class LlamaGenForImageGeneration(PreTrainedModel):
     r"""LlamaGen's class-conditional GPT over VQ codes.
 
@@ -198,7 +204,7 @@ class LlamaGenForImageGeneration(PreTrainedModel):
         if input_ids is not None:
             if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"input_ids must be an int64 tensor [B, T], got {input_ids.dtype} {tuple(input_ids.shape)}")
-            if not torch.compiler.is_compiling() and input_ids.numel() and (
+            if _host_checkable(input_ids) and input_ids.numel() and (
                 input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size
             ):
                 raise ValueError(f"input_ids must lie in [0, vocab_size={cfg.vocab_size}), got values in "
@@ -208,7 +214,7 @@ class LlamaGenForImageGeneration(PreTrainedModel):
                 raise ValueError(f"class_labels must be an int64 tensor [B], got {class_labels.dtype} {tuple(class_labels.shape)}")
             if input_ids is not None and class_labels.shape[0] != input_ids.shape[0]:
                 raise ValueError(f"class_labels has batch {class_labels.shape[0]} but input_ids has {input_ids.shape[0]}")
-            if not torch.compiler.is_compiling() and (class_labels.min() < 0 or class_labels.max() > cfg.num_classes):
+            if _host_checkable(class_labels) and (class_labels.min() < 0 or class_labels.max() > cfg.num_classes):
                 raise ValueError(f"class_labels must lie in [0, num_classes={cfg.num_classes}] ({cfg.num_classes} is the "
                                  f"null class), got values in [{int(class_labels.min())}, {int(class_labels.max())}]")
         if seq_len == 0:

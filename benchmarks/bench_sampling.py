@@ -1,0 +1,101 @@
+"""Class-conditional sampling speed of LlamaGen-B (random weights) with CFG: whole token grids per second.
+
+For each dtype and batch size, in the same run:
+- fast path: `st_ar_hf.pipelines.generation.generate` (static KV cache, [cond; uncond] in one forward, SDPA),
+- baseline "eager": the same loop with the eager (matmul + softmax) attention,
+- baseline "no cache": the reference that recomputes the whole sequence every step (batch 1 only: it is quadratic),
+and the floor of one decoding step: max(weight bytes / copy bandwidth, FLOPs / matmul peak), both measured here.
+
+    python benchmarks/bench_sampling.py [--batches 1 8 32] [--dtypes fp32 bf16] [--block-size 256] [--compile]
+"""
+
+import argparse
+import copy
+import time
+
+import torch
+from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, synchronize
+
+from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
+from st_ar_hf.pipelines.generation import generate, guide, sample
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def seconds_of(fn) -> float:
+    synchronize()
+    start = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def no_cache_reference(model, class_labels, guidance_scale, generator):
+    """Every step runs the full [cond; uncond] sequence again; same sampling as the fast path."""
+    labels = torch.cat([class_labels, torch.full_like(class_labels, model.config.null_class_id)])
+    tokens = torch.empty(len(class_labels), 0, dtype=torch.long, device=class_labels.device)
+    for _ in range(model.config.block_size):
+        logits = guide(model(input_ids=torch.cat([tokens, tokens]), class_labels=labels).logits[:, -1], guidance_scale)
+        noise = torch.empty(logits.shape, device=generator.device).exponential_(generator=generator).to(logits.device)
+        tokens = torch.cat([tokens, sample(logits, noise=noise)[:, None]], dim=1)
+    return tokens
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="B")
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--guidance-scale", type=float, default=2.0)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd decoding step")
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) no-cache baseline")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {name}; LlamaGen-{args.size}, {args.block_size} tokens/image, "
+          f"CFG {args.guidance_scale} (2x batch)")
+    config = LlamaGenConfig.from_preset(args.size, block_size=args.block_size)
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        sdpa = LlamaGenForImageGeneration(config).eval().to(device, dtype)
+        torch.nn.init.normal_(sdpa.lm_head.weight, std=0.02)
+        eager = LlamaGenForImageGeneration._from_config(copy.deepcopy(config), attn_implementation="eager")
+        eager.load_state_dict(sdpa.state_dict())
+        eager = eager.eval().to(device, dtype)
+        peak, bandwidth = matmul_peak_flops(dtype, device), memory_bandwidth(device)
+        weight_bytes = sum(p.numel() * p.element_size() for p in sdpa.parameters())
+        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, copy bandwidth {bandwidth / 1e9:.0f} GB/s, "
+              f"weights {weight_bytes / 1e6:.0f} MB")
+        warmed_up = set()
+        for batch in args.batches:
+            labels = torch.randint(0, config.num_classes, (batch,), device=device)
+            rows = [("fast (static cache, sdpa)", lambda: generate(sdpa, labels, args.guidance_scale,
+                                                                   generator=torch.Generator().manual_seed(0)))]
+            if args.compile:
+                rows.append(("fast + torch.compile", lambda: generate(sdpa, labels, args.guidance_scale, compile=True,
+                                                                      generator=torch.Generator().manual_seed(0))))
+            rows.append(("baseline: eager attention", lambda: generate(eager, labels, args.guidance_scale,
+                                                                       generator=torch.Generator().manual_seed(0))))
+            if batch == 1 and not args.no_reference:
+                rows.append(("baseline: no cache", lambda: no_cache_reference(sdpa, labels, args.guidance_scale,
+                                                                              torch.Generator().manual_seed(0))))
+            step_flops = 2 * batch * forward_flops_per_token(config, config.block_size / 2)
+            floor = max(weight_bytes / bandwidth, step_flops / peak) * config.block_size  # seconds per grid batch
+            print(f"  batch {batch:3d}: floor {batch / floor:8.2f} images/s "
+                  f"(per step: weights {1e3 * weight_bytes / bandwidth:.2f} ms, FLOPs {1e3 * step_flops / peak:.2f} ms)")
+            fast_seconds = None
+            for label, run in rows:
+                if label not in warmed_up:  # first use of a path: allocator warm-up, compilation where asked
+                    run()
+                    warmed_up.add(label)
+                seconds = seconds_of(run)
+                fast_seconds = fast_seconds or seconds
+                print(f"    {label:28s} {batch / seconds:8.2f} images/s {batch * config.block_size / seconds:9.0f} tokens/s"
+                      f"  {100 * floor / seconds:5.1f}% of floor  fast/this = {seconds / fast_seconds:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Timing and machine limits shared by the benchmarks: best-of-n wall time, matmul peak, copy bandwidth, and the
+matmul FLOPs of a LlamaGen forward."""
+
+import time
+
+import torch
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats=3, warmup=1) -> float:
+    """Best wall time of `repeats` calls after `warmup` calls, with device syncs."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak_flops(dtype, device="cpu", n=2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    return 2 * n**3 / timed(lambda: a @ b, repeats=5)
+
+
+def memory_bandwidth(device="cpu", num_bytes=1 << 30) -> float:
+    source = torch.ones(num_bytes, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    return 2 * num_bytes / timed(lambda: target.copy_(source), repeats=5)  # read + write
+
+
+def forward_flops_per_token(config, context: float) -> float:
+    """Matmul FLOPs per token: projections, MLP, head, and attention scores/values over `context` keys."""
+    hidden, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
+    per_layer = 2 * hidden * (hidden + 2 * kv) + 2 * hidden * hidden + 3 * 2 * hidden * config.intermediate_size
+    per_layer += 2 * 2 * context * hidden
+    return config.num_hidden_layers * per_layer + 2 * hidden * config.vocab_size
