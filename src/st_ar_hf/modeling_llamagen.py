@@ -244,7 +244,6 @@ class LlamaGenForImageGeneration(PreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool = False,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         Args:

@@ -297,7 +297,7 @@ class LlamaGenVQVAE(PreTrainedModel):
         codes = self.quantize.codebook()[indices].permute(0, 3, 1, 2)  # [B, C, h, w]
         return self.decoder(self.post_quant_conv(codes))
 
-    def forward(self, pixel_values: torch.FloatTensor, return_dict: bool | None = None) -> LlamaGenVQVAEOutput:
+    def forward(self, pixel_values: torch.FloatTensor) -> LlamaGenVQVAEOutput:
         """Reconstruction and the VQ loss terms (LlamaGen: vq + beta * commitment + entropy)."""
         self._check_pixel_values(pixel_values)
         latents = self.quant_conv(self.encoder(pixel_values))
