@@ -18,6 +18,7 @@ from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth
 from transformers import StaticCache
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
+from st_ar_hf.pipelines.generation import decode_one_token, prefill
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -40,10 +41,10 @@ def bench_decode(model, batch, steps, use_cache):
 
     def cached():
         cache = StaticCache(config=config, max_cache_len=model.max_sequence_length)
-        model(class_labels=labels, past_key_values=cache)
+        prefill(model, labels, cache)
         position = torch.tensor([config.cls_token_num])
         for k in range(steps):
-            model(input_ids=tokens[:, k : k + 1], past_key_values=cache, cache_position=position)
+            decode_one_token(model, tokens[:, k], cache, position)
             position += 1
 
     def recompute():

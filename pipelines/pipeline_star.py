@@ -66,7 +66,7 @@ class STARPipeline(DiffusionPipeline):
 
     @property
     def id2label(self) -> dict[int, str]:
-        return {int(key): value for key, value in self.config.id2label.items()}
+        return self.config.id2label  # int keys: __init__ converts the JSON's string keys
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Class names (case-insensitive, any comma-separated synonym) -> class ids."""

@@ -269,12 +269,15 @@ class LlamaGenVQVAE(PreTrainedModel):
             raise ValueError(f"pixel_values must have {self.config.in_channels} channels and a height and width divisible "
                              f"by the downsample factor {f}, got shape {tuple(pixel_values.shape)}")
 
+    def _quantize(self, pixel_values):
+        """pixels -> (z [B, h, w, C], codes [B, h, w, C], indices [B, h, w], distances [B*h*w, K])."""
+        self._check_pixel_values(pixel_values)
+        return self.quantize(self.quant_conv(self.encoder(pixel_values)))
+
     @apply_forward_hook  # so that diffusers' model CPU offload moves the model in for encode and decode too
     def encode(self, pixel_values: torch.FloatTensor) -> LlamaGenVQVAEEncoderOutput:
         """pixel_values [B, 3, H, W] in [-1, 1] -> indices [B, H/f, W/f] and quantized [B, C, H/f, W/f]."""
-        self._check_pixel_values(pixel_values)
-        latents = self.quant_conv(self.encoder(pixel_values))
-        z, codes, indices, _ = self.quantize(latents)
+        z, codes, indices, _ = self._quantize(pixel_values)
         quantized = z + (codes - z).detach()  # straight-through
         return LlamaGenVQVAEEncoderOutput(
             indices=indices, quantized=quantized.permute(0, 3, 1, 2), latents=z.permute(0, 3, 1, 2)
@@ -299,9 +302,7 @@ class LlamaGenVQVAE(PreTrainedModel):
 
     def forward(self, pixel_values: torch.FloatTensor) -> LlamaGenVQVAEOutput:
         """Reconstruction and the VQ loss terms (LlamaGen: vq + beta * commitment + entropy)."""
-        self._check_pixel_values(pixel_values)
-        latents = self.quant_conv(self.encoder(pixel_values))
-        z, codes, indices, distances = self.quantize(latents)
+        z, codes, indices, distances = self._quantize(pixel_values)
         codebook_loss = F.mse_loss(codes, z.detach())
         commitment_loss = self.config.commit_loss_beta * F.mse_loss(z, codes.detach())
         entropy_loss = (
