@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent
@@ -33,8 +34,9 @@ def converted_model_card(model, source: str, kind: str) -> ModelCard:
     )
 
 
-def pipeline_model_card(pipeline, remote_code: bool) -> ModelCard:
-    """Card of a saved `STARPipeline` directory."""
+def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = None) -> ModelCard:
+    """Card of a saved `STARPipeline` directory; `training` (the training summary of `training/train.py`: steps,
+    arguments, data) adds a training section."""
     card_data = ModelCardData(
         library_name="diffusers",
         license="mit",
@@ -52,4 +54,23 @@ def pipeline_model_card(pipeline, remote_code: bool) -> ModelCard:
         grid_size=transformer.config.grid_size,
         num_classes=transformer.config.num_classes,
         example_label=pipeline.id2label[min(pipeline.id2label)].split(",")[0],
+        training=training,
+        training_yaml=yaml.safe_dump(training["arguments"], sort_keys=True) if training else None,
+    )
+
+
+def tokenizer_model_card(model, training: dict) -> ModelCard:
+    """Card of a VQ tokenizer trained with `training/train_tokenizer.py` (`training`: steps and arguments)."""
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="mit",
+        tags=["st-ar-hf", "llamagen", "image-tokenizer", "vector-quantization"],
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "llamagen_tokenizer.md"),
+        num_parameters=f"{model.num_parameters():,}",
+        config=model.config,
+        training=training,
+        training_yaml=yaml.safe_dump(training["arguments"], sort_keys=True),
     )

@@ -1,0 +1,1 @@
+"""Reusable parts of the training scripts in `training/`: arguments, streaming data, losses, EMA, checkpoints."""

@@ -1,0 +1,218 @@
+"""Training arguments: dataclasses read from a YAML file (`--config`) and overridden on the command line.
+
+Every field is a command-line flag of the same name. A YAML key that is not a field is an error, so a typo never
+silently falls back to a default.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class RunArguments:
+    """What every training script shares: data, optimisation, precision, logging, checkpoints, Hub."""
+
+    DATA_SOURCES = ("embedded_dataset_dir", "dataset", "train_data_files")  # exactly one is given
+
+    # data: a Hub dataset id, local files in one of the `datasets` builder formats, or the embedded MNIST digits
+    embedded_dataset_dir: str | None = field(
+        default=None, metadata={"help": "write the embedded MNIST-5k shards here (once) and train on them"})
+    dataset: str | None = field(default=None, metadata={"help": "Hub dataset id, e.g. ILSVRC/imagenet-1k"})
+    dataset_config: str | None = field(default=None, metadata={"help": "configuration name of --dataset"})
+    train_data_files: str | None = field(default=None, metadata={"help": "local shards: a glob, or a folder for imagefolder"})
+    data_format: str = field(default="parquet", metadata={"help": "parquet, webdataset or imagefolder (with --train_data_files)"})
+    split: str = "train"
+    image_column: str = "image"
+    label_column: str = "label"
+    image_size: int = 256
+    shuffle_buffer: int = 1000
+    # optimisation
+    seed: int = 0
+    train_batch_size: int = field(default=32, metadata={"help": "images per process and step"})
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 1000
+    learning_rate: float = 1e-4
+    scale_lr: bool = field(default=False, metadata={"help": "multiply the lr by global batch / 256 (LlamaGen: 1e-4 per 256)"})
+    lr_scheduler: str = field(default="constant", metadata={"help": "a diffusers.optimization scheduler name"})
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_weight_decay: float = 0.05
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16 or bf16; default: accelerate's config"})
+    max_nonfinite_steps: int = field(default=10, metadata={"help": "stop after this many non-finite losses in a row"})
+    # outputs
+    output_dir: str = "runs/train"
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none"})
+    log_steps: int = 10
+    validation_steps: int = field(default=500, metadata={"help": "log a sample grid every N steps (0: only at the end)"})
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool = False
+    upload_retries: int = 3
+
+    def __post_init__(self):
+        sources = [name for name in self.DATA_SOURCES if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"give exactly one data source of {['--' + n for n in self.DATA_SOURCES]}, got {sources}")
+        if self.data_format not in ("parquet", "webdataset", "imagefolder"):
+            raise ValueError(f"--data_format must be parquet, webdataset or imagefolder, got {self.data_format!r}")
+        for name in ("image_size", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
+                     "log_steps", "checkpointing_steps", "shuffle_buffer", "max_nonfinite_steps", "upload_retries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_warmup_steps > 0 and self.lr_scheduler == "constant":
+            raise ValueError("--lr_warmup_steps needs a scheduler with warmup, e.g. --lr_scheduler constant_with_warmup")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.report_to not in ("tensorboard", "wandb", "all", "none"):
+            raise ValueError(f"--report_to must be tensorboard, wandb, all or none, got {self.report_to!r}")
+
+
+def _flag_type(annotation):
+    """The argparse type of a field annotation such as `int`, `str | None` or `bool`."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def _to_bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_arguments(cls, argv=None, default_config: str | None = None):
+    """Builds `cls` from `--config file.yaml` (or `default_config` when no argument is given at all), then flags."""
+    parser = argparse.ArgumentParser(description=cls.__doc__)
+    parser.add_argument("--config", help="YAML file of arguments; flags given on the command line override it")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name, f in fields.items():
+        kind = _flag_type(hints[name])
+        kind = {bool: _to_bool, dict: json.loads}.get(kind, kind)
+        parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=f.metadata.get("help"),
+                            nargs="?" if kind is _to_bool else None, const=True if kind is _to_bool else None)
+    argv = sys.argv[1:] if argv is None else argv
+    flags = vars(parser.parse_args(argv))
+    config_file = flags.pop("config", None) or (default_config if not argv else None)
+    values = {}
+    if config_file is not None:
+        values = yaml.safe_load(Path(config_file).read_text()) or {}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"{config_file}: unknown setting(s) {unknown}; {cls.__name__} accepts {sorted(fields)}")
+    return cls(**{**values, **flags})
+
+
+@dataclass
+class ARTrainingArguments(RunArguments):
+    """LlamaGen next-token training, with ST-AR's self-guidance terms (arXiv 2509.15185) when their weights are > 0."""
+
+    DATA_SOURCES = RunArguments.DATA_SOURCES + ("train_codes",)
+
+    train_codes: str | None = field(default=None, metadata={"help": "code shards of extract_codes.py: folder, glob or Hub id"})
+    num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's ClassLabel count"})
+    crop_range: float = field(default=1.1, metadata={"help": "images: centre crop to crop_range * image_size, then ten crops"})
+    # models
+    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE folder or Hub id (also with --train_codes)"})
+    tokenizer_config: str | None = field(
+        default=None, metadata={"help": "without --vqvae: train one first with this train_tokenizer.py YAML"})
+    model: str = field(default="B", metadata={"help": "a preset (B, L, XL, XXL, 3B) or a pretrained LlamaGen folder"})
+    model_config: dict | None = field(default=None, metadata={"help": "LlamaGenConfig overrides, as JSON on the command line"})
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    # objective: L = ar_weight * L_AR + mim_weight * L_MIM + step_weight * L_step + view_weight * L_view
+    ar_weight: float = 1.0
+    mim_weight: float = field(default=1.0, metadata={"help": "alpha; 0 also drops the attention mask"})
+    step_weight: float = field(default=0.5, metadata={"help": "beta * 1 (the paper's beta = 0.5, no extra 1/2)"})
+    view_weight: float = field(default=0.5, metadata={"help": "beta * 1"})
+    mask_ratio: float = field(default=0.25, metadata={"help": "fraction r of key positions hidden from the student"})
+    contrastive_layer: int | None = field(default=None, metadata={"help": "default num_layers // 2 (6 for B; the paper uses 18 for L)"})
+    num_positions: int = field(default=4, metadata={"help": "K positions sampled per batch for L_step / L_view"})
+    num_views: int | None = field(default=None, metadata={"help": "crops per image; default 2 with L_view, else 1"})
+    temperature: float = 0.2
+    projector_hidden_size: int | None = None
+    ema_decay: float = 0.9999
+    # validation samples
+    validation_images_per_class: int = 4
+    validation_max_classes: int = 16
+    validation_guidance_scale: float = 2.0
+    export_steps: int | None = field(default=None, metadata={"help": "also export (and push) a pipeline every N steps"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vqvae is not None and self.tokenizer_config is not None:
+            raise ValueError("give --vqvae or --tokenizer_config, not both")
+        if self.vqvae is None and (self.tokenizer_config is None or self.train_codes is not None):
+            raise ValueError("give --vqvae (the tokenizer of the codes or images), or --tokenizer_config with images")
+        for name in ("ar_weight", "mim_weight", "step_weight", "view_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"--mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if self.num_views is None:
+            self.num_views = 2 if self.view_weight > 0 else 1
+        if self.view_weight > 0 and self.num_views < 2:
+            raise ValueError(f"--view_weight > 0 needs --num_views >= 2, got {self.num_views}")
+        if not 1 <= self.num_views <= 10:
+            raise ValueError(f"--num_views must lie in [1, 10] (the ten crops), got {self.num_views}")
+        if (self.step_weight > 0 or self.view_weight > 0) and self.train_batch_size < 2:
+            raise ValueError("the contrastive terms need --train_batch_size >= 2 (the negatives are the other images)")
+        if self.step_weight > 0 and self.num_positions < 2:
+            raise ValueError(f"--step_weight > 0 needs --num_positions >= 2, got {self.num_positions}")
+
+    @property
+    def self_guided(self) -> bool:
+        return self.mim_weight > 0 or self.step_weight > 0 or self.view_weight > 0
+
+    def check_model(self, config) -> None:
+        """Settings that depend on the model: fails before training with the setting's name."""
+        layer = self.contrastive_layer
+        if layer is not None and not 1 <= layer <= config.num_hidden_layers:
+            raise ValueError(f"--contrastive_layer {layer} is outside the model's layers 1..{config.num_hidden_layers}")
+        if (self.step_weight > 0 or self.view_weight > 0) and self.num_positions > config.block_size:
+            raise ValueError(f"--num_positions {self.num_positions} exceeds the sequence of {config.block_size} tokens")
+
+
+@dataclass
+class TokenizerTrainingArguments(RunArguments):
+    """LlamaGen's VQ tokenizer training: reconstruction, codebook and commitment (and optional entropy) losses."""
+
+    model: str = field(default="VQ-16", metadata={"help": "a preset (VQ-16, VQ-8) or a pretrained LlamaGenVQVAE folder"})
+    model_config: dict | None = field(default=None, metadata={"help": "LlamaGenVQVAEConfig overrides, as JSON"})
+    reconstruction_loss: str = field(default="l2", metadata={"help": "l2 or l1"})
+    reconstruction_weight: float = 1.0
+    min_crop_fraction: float = field(default=0.8, metadata={"help": "random crops cover this to 1.0 of the short side"})
+    random_flip: bool = True
+    train_batch_size: int = 16
+    adam_weight_decay: float = 0.0  # LlamaGen parses --weight-decay for the tokenizer but never uses it
+    validation_images: int = 8
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reconstruction_loss not in ("l1", "l2"):
+            raise ValueError(f"--reconstruction_loss must be l1 or l2, got {self.reconstruction_loss!r}")
+        if not 0 < self.min_crop_fraction <= 1:
+            raise ValueError(f"--min_crop_fraction must lie in (0, 1], got {self.min_crop_fraction}")
+
+    def check_model(self, config) -> None:
+        factor = config.downsample_factor
+        if self.image_size % factor:
+            raise ValueError(f"--image_size {self.image_size} is not divisible by the downsampling factor {factor} of "
+                             f"ch_mult {list(config.ch_mult)}")

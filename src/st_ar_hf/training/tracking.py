@@ -1,0 +1,31 @@
+"""Image grids for the trackers and the output folder."""
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+
+def make_grid(images: np.ndarray, columns: int, padding: int = 2) -> PIL.Image.Image:
+    """[N, H, W, 3] floats in [0, 1] -> one PIL image of ceil(N / columns) rows, on a white background."""
+    num, height, width, _ = images.shape
+    rows = -(-num // columns)
+    grid = np.ones((rows * (height + padding) + padding, columns * (width + padding) + padding, 3), dtype=np.float32)
+    for i, image in enumerate(images):
+        top, left = padding + (i // columns) * (height + padding), padding + (i % columns) * (width + padding)
+        grid[top : top + height, left : left + width] = image
+    return PIL.Image.fromarray((grid * 255).round().astype(np.uint8))
+
+
+def log_image(accelerator, name: str, image: PIL.Image.Image, step: int, save_dir: str | Path | None = None) -> None:
+    """Logs to tensorboard and wandb when they are active, and saves `{save_dir}/{name}-{step:07d}.png`."""
+    if save_dir is not None:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        image.save(Path(save_dir) / f"{name}-{step:07d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({name: wandb.Image(image)}, step=step)

@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""Train a LlamaGen GPT with next-token prediction, and with ST-AR's self-guidance (arXiv 2509.15185) when the
+weights of its terms are > 0, over `datasets` streaming shards with Accelerate.
+
+    accelerate launch training/train.py                      # the embedded default: configs/default.yaml
+    accelerate launch training/train.py --config training/configs/st_ar_b.yaml --train_codes codes/
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train.py ...   # 2 CPU processes
+
+The data is either code shards from `extract_codes.py` or images tokenised on the fly by a frozen `--vqvae`
+(trained first with `train_tokenizer.py` when `--tokenizer_config` is given instead). Writes `checkpoint-<step>`
+folders, sample grids, and a `STARPipeline` in `<output_dir>/pipeline`.
+"""
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+import train_tokenizer
+from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
+from st_ar_hf.configuration_llamagen import LLAMAGEN_PRESETS
+from st_ar_hf.model_cards import pipeline_model_card
+from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments
+from st_ar_hf.training.checkpointing import BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
+from st_ar_hf.training.data import (
+    ExampleStream, center_crop_arr, check_columns, class_names, decode_image, load_stream, ten_crop, to_pixel_values,
+    write_embedded_dataset,
+)
+from st_ar_hf.training.losses import STARObjective, update_ema
+from st_ar_hf.training.tracking import log_image, make_grid
+
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+logger = get_logger(__name__)
+
+
+def load_data(args: ARTrainingArguments, accelerator: Accelerator):
+    """The raw stream and its label names; codes shards keep their `codes` [views, h*w] column."""
+    if args.embedded_dataset_dir is not None:
+        with accelerator.main_process_first():
+            write_embedded_dataset(args.embedded_dataset_dir)
+        dataset = load_stream(data_files=str(Path(args.embedded_dataset_dir) / "train-*.parquet"))
+    elif args.train_codes is not None:
+        is_local = Path(args.train_codes).is_dir() or any(c in args.train_codes for c in "*?")
+        dataset = load_stream(data_files=args.train_codes) if is_local else load_stream(args.train_codes, split=args.split)
+    else:
+        dataset = load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
+    columns = {"label_column": args.label_column}
+    columns["image_column" if args.train_codes is None else "codes_column"] = (
+        args.image_column if args.train_codes is None else "codes")
+    check_columns(dataset, **columns)
+    names = class_names(dataset, args.label_column)
+    return (dataset.decode(False) if args.train_codes is None else dataset), names
+
+
+def build_transform(args: ARTrainingArguments, num_classes: int):
+    """raw example -> {"label": [], "views": [V, 3, H, W] pixels or [V, T] codes}; V distinct crops of the ten."""
+
+    def label_of(example):
+        label = int(example[args.label_column])
+        if not 0 <= label < num_classes:
+            raise ValueError(f"--label_column {args.label_column!r} holds {label}, outside the model's {num_classes} classes")
+        return torch.tensor(label)
+
+    def from_codes(example, rng, counts):
+        codes = torch.tensor(example["codes"], dtype=torch.long)  # [10 or 2 crops, T]
+        if codes.shape[0] < args.num_views:
+            raise ValueError(f"--num_views {args.num_views} exceeds the {codes.shape[0]} crops per image in --train_codes")
+        return {"label": label_of(example), "views": codes[rng.permutation(codes.shape[0])[: args.num_views]]}
+
+    def from_image(example, rng, counts):
+        image = decode_image(example[args.image_column])
+        if image is None:
+            return None
+        crop_size = int(args.image_size * args.crop_range)
+        if min(image.size) < crop_size:
+            counts["upscaled"] += 1
+        crops = ten_crop(center_crop_arr(image, crop_size), args.image_size)
+        chosen = [crops[i] for i in rng.permutation(10)[: args.num_views]]
+        return {"label": label_of(example), "views": to_pixel_values(chosen)}
+
+    return from_codes if args.train_codes is not None else from_image
+
+
+def build_model(args: ARTrainingArguments, vocab_size: int, grid_size: int, num_classes: int):
+    if args.model in LLAMAGEN_PRESETS:
+        layers, heads, hidden = LLAMAGEN_PRESETS[args.model]
+        config = LlamaGenConfig(**{
+            "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_size": hidden, "vocab_size": vocab_size,
+            "block_size": grid_size**2, "num_classes": num_classes, **(args.model_config or {})})
+        return LlamaGenForImageGeneration._from_config(config, attn_implementation=args.attn_implementation)
+    return LlamaGenForImageGeneration.from_pretrained(args.model, attn_implementation=args.attn_implementation,
+                                                      **(args.model_config or {}))
+
+
+def sample_grid(args, student, vqvae, id2label, step) -> "PIL.Image.Image":  # noqa: F821
+    """One row per class (up to validation_max_classes), images seeded by their position."""
+    student.eval()
+    pipe = STARPipeline(transformer=student, vqvae=vqvae, id2label=id2label)
+    pipe.set_progress_bar_config(disable=True)
+    labels = sorted(id2label)[: args.validation_max_classes]
+    num = args.validation_images_per_class
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels) * num)]
+    images = pipe(labels, num_images_per_label=num, guidance_scale=args.validation_guidance_scale,
+                  generator=generators, output_type="np").images
+    student.train()
+    return make_grid(images, columns=num)
+
+
+def main(args: ARTrainingArguments) -> None:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+
+    # Tokenizer: a given one, or one trained first (resumable) by train_tokenizer.py into output_dir/tokenizer
+    if args.vqvae is None:
+        trained = output_dir / "tokenizer" / "vqvae"
+        if not trained.is_dir():
+            tokenizer_args = parse_arguments(TokenizerTrainingArguments, ["--config", args.tokenizer_config,
+                                                                          "--output_dir", str(output_dir / "tokenizer")])
+            train_tokenizer.main(tokenizer_args, end_training=False)
+            set_seed(args.seed)
+        args.vqvae = str(trained)
+    vqvae = LlamaGenVQVAE.from_pretrained(args.vqvae).to(accelerator.device).eval().requires_grad_(False)
+
+    # Data: this process's share of the stream; never passed through accelerator.prepare (no double split)
+    dataset, names = load_data(args, accelerator)
+    num_classes = args.num_classes or (len(names) if names else None)
+    if num_classes is None:
+        raise ValueError("the label column is not a ClassLabel: give --num_classes")
+    if names is not None and len(names) > num_classes:
+        raise ValueError(f"the dataset has {len(names)} classes but --num_classes is {num_classes}")
+    id2label = {i: (names[i] if names else str(i)) for i in range(num_classes)}
+    stream = ExampleStream(dataset, build_transform(args, num_classes), args.train_batch_size, args.seed,
+                           accelerator.process_index, accelerator.num_processes, args.shuffle_buffer)
+
+    # Student, teacher, objective
+    grid_size = args.image_size // vqvae.config.downsample_factor
+    student = build_model(args, vqvae.config.codebook_size, grid_size, num_classes)
+    args.check_model(student.config)
+    if args.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    student.train()
+    objective = STARObjective(
+        student.config.hidden_size, args.ar_weight, args.mim_weight, args.step_weight, args.view_weight,
+        args.mask_ratio, args.contrastive_layer or student.config.num_hidden_layers // 2, args.num_positions,
+        args.temperature, args.projector_hidden_size)
+    teacher = None
+    if objective.uses_teacher:  # the EMA copy: no dropout, no gradients, outside the exported model
+        teacher = copy.deepcopy(student).eval().requires_grad_(False)
+
+    # Optimiser: AdamW, weight decay on tensors with ndim >= 2 (LlamaGen), lr per 256 images when scale_lr
+    parameters = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    learning_rate = args.learning_rate * (global_batch / 256 if args.scale_lr else 1)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.adam_weight_decay},
+         {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
+        lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+    if objective.projector is not None:  # DDP refuses a module without trainable parameters
+        objective = accelerator.prepare(objective)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress, *([teacher] if teacher is not None else []))
+
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, stream)
+        logger.info(f"resumed from {checkpoint} at step {progress.global_step}")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("st-ar", config={k: v for k, v in vars(args).items() if not isinstance(v, dict)})
+    uploader = (BackgroundUploader(args.hub_model_id or output_dir.name, args.hub_private_repo, args.upload_retries)
+                if args.push_to_hub and accelerator.is_main_process else None)
+
+    num_parameters = sum(p.numel() for p in accelerator.unwrap_model(student).parameters())
+    logger.info("***** Running training *****")
+    weights = accelerator.unwrap_model(objective).weights
+    logger.info(f"  objective: {'ST-AR' if args.self_guided else 'next-token (LlamaGen baseline)'}, weights {weights}")
+    logger.info(f"  model: {num_parameters:,} parameters, {grid_size}x{grid_size} tokens, {num_classes} classes")
+    logger.info(f"  batch: {args.train_batch_size} images x {args.num_views} views per process, global {global_batch} images")
+    logger.info(f"  steps: {args.max_train_steps} (from {progress.global_step}), lr {learning_rate:g}")
+
+    # Train!
+    metrics_file = output_dir / "metrics.jsonl"
+    batches = iter(stream)
+    totals, step_start, images_seen = {}, time.perf_counter(), 0
+    bar = tqdm(total=args.max_train_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process)
+    while progress.global_step < args.max_train_steps:
+        bad_terms = None
+        for _ in range(args.gradient_accumulation_steps):
+            batch = next(batches)
+            views, labels = batch["views"].to(accelerator.device), batch["label"].to(accelerator.device)
+            if args.train_codes is None:  # tokenise on the fly: [B, V, 3, H, W] -> [B, V, h*w]
+                with torch.inference_mode():
+                    indices = vqvae.encode(views.flatten(0, 1)).indices
+                tokens = indices.flatten(1).view(*views.shape[:2], -1).clone()  # a normal tensor, usable by autograd
+            else:
+                tokens = views  # [B, V, h*w]
+            with accelerator.accumulate(student, objective), accelerator.autocast():
+                terms = objective(student, teacher, tokens, labels, gather=accelerator.gather if
+                                  accelerator.num_processes > 1 else None,
+                                  image_offset=accelerator.process_index * tokens.shape[0])
+                finite = accelerator.reduce(torch.stack([v.detach().isfinite().all() for v in terms.values()]).float(), "sum")
+                if bool((finite < accelerator.num_processes).any()):  # every process skips the step together
+                    bad_terms = [name for name, ok in zip(terms, finite.tolist()) if ok < accelerator.num_processes]
+                    continue
+                accelerator.backward(terms["loss"])
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
+            images_seen += tokens.shape[0]
+        if bad_terms is not None:
+            optimizer.zero_grad(set_to_none=True)
+            progress.nonfinite_in_a_row += 1
+            logger.warning(f"step {progress.global_step + 1}: non-finite {bad_terms}, step skipped "
+                           f"({progress.nonfinite_in_a_row} in a row)", main_process_only=True)
+            if progress.nonfinite_in_a_row >= args.max_nonfinite_steps:
+                raise RuntimeError(f"stopping at step {progress.global_step + 1}: {progress.nonfinite_in_a_row} non-finite "
+                                   f"losses in a row (last: {bad_terms})")
+            continue
+        grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if teacher is not None:
+            update_ema(teacher, student, args.ema_decay)
+        progress.global_step += 1
+        progress.nonfinite_in_a_row = 0
+        bar.update(1)
+
+        step = progress.global_step
+        if step % args.log_steps == 0 or step == args.max_train_steps:
+            elapsed = time.perf_counter() - step_start
+            num_steps = args.log_steps if step % args.log_steps == 0 else step % args.log_steps
+            logs = {f"loss/{name}": accelerator.reduce(value, "mean").item() / num_steps for name, value in totals.items()}
+            used = torch.bincount(tokens.flatten(), minlength=vqvae.config.codebook_size).float()
+            data_counts = accelerator.reduce(torch.tensor(
+                [stream.counts["skipped"], stream.counts["upscaled"]], device=accelerator.device), "sum").tolist()
+            logs.update({
+                "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
+                "throughput/images_per_s": images_seen * accelerator.num_processes / elapsed,
+                "throughput/tokens_per_s": images_seen * accelerator.num_processes * args.num_views * tokens.shape[-1] / elapsed,
+                "tokens/batch_code_usage": (used > 0).float().mean().item(),
+                "tokens/batch_perplexity": torch.exp(torch.special.entr(used / used.sum()).sum()).item(),
+                "data/skipped_images": data_counts[0], "data/upscaled_images": data_counts[1],
+            })
+            accelerator.log(logs, step=step)
+            bar.set_postfix(loss=f"{logs['loss/loss']:.4f}")
+            if accelerator.is_main_process:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps({"step": step, **logs}) + "\n")
+            totals, step_start, images_seen = {}, time.perf_counter(), 0
+        if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
+            save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, stream)
+        if accelerator.is_main_process and (
+                (args.validation_steps and step % args.validation_steps == 0) or step == args.max_train_steps):
+            grid = sample_grid(args, accelerator.unwrap_model(student), vqvae, id2label, step)
+            log_image(accelerator, "samples", grid, step, output_dir / "samples")
+        if args.export_steps and step % args.export_steps == 0 and step < args.max_train_steps:
+            export(args, accelerator, student, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader)
+
+    # Export the student (not the teacher, projector or optimiser) as a STARPipeline
+    export(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader)
+    if uploader is not None:
+        uploader.wait()
+    accelerator.end_training()
+
+
+def export(args, accelerator, student, vqvae, id2label, directory, stream, uploader) -> None:
+    """Writes the student (not the teacher, projector or optimiser) as a STARPipeline with its model card, and queues
+    its upload. Every process reports its data digest and weight checksum for the summary."""
+    unwrapped = accelerator.unwrap_model(student)
+    checksum = torch.stack([p.detach().double().sum() for p in unwrapped.parameters()]).sum()
+    digests = accelerator.gather(torch.tensor([stream.digest, stream.counts["examples"]], device=accelerator.device))
+    checksums = accelerator.gather(checksum[None].to(accelerator.device))
+    summary = {
+        "steps": args.max_train_steps, "images_per_process": digests.view(-1, 2)[:, 1].tolist(),
+        "data_digest_per_process": digests.view(-1, 2)[:, 0].tolist(),
+        "weights_identical_across_processes": bool((checksums == checksums[0]).all()),
+        "arguments": {k: v for k, v in vars(args).items()},
+    }
+    if accelerator.is_main_process:
+        pipe = STARPipeline(transformer=unwrapped, vqvae=vqvae, id2label=id2label)
+        pipe.save_pretrained(directory)  # diffusers writes no card; ours replaces the plain one with training facts
+        pipeline_model_card(pipe, remote_code=False, training=summary).save(directory / "README.md")
+        (directory / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if uploader is not None:
+            uploader.upload(directory, commit_message=f"{directory.name} of {args.output_dir}")
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(parse_arguments(ARTrainingArguments, default_config=str(DEFAULT_CONFIG)))

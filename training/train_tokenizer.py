@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Train a LlamaGen VQ tokenizer (`LlamaGenVQVAE`) with Accelerate over `datasets` streaming shards.
+
+    accelerate launch training/train_tokenizer.py --config training/configs/tokenizer_default.yaml
+    accelerate launch training/train_tokenizer.py --dataset ILSVRC/imagenet-1k --output_dir runs/vq16
+
+Losses: reconstruction (L2 or L1), codebook, commitment and the optional entropy term, with Adam (0.9, 0.95) as in
+LlamaGen. Writes `checkpoint-<step>` folders, reconstruction grids (input above output) and the tokenizer in
+`<output_dir>/vqvae`, which `train.py`, `extract_codes.py` and `STARPipeline` accept.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig
+from st_ar_hf.configuration_llamagen import LLAMAGEN_VQ_PRESETS
+from st_ar_hf.model_cards import tokenizer_model_card
+from st_ar_hf.training.arguments import TokenizerTrainingArguments, parse_arguments
+from st_ar_hf.training.checkpointing import (
+    BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint,
+)
+from st_ar_hf.training.data import (
+    ExampleStream, check_columns, decode_image, load_stream, random_crop_arr, to_pixel_values, write_embedded_dataset,
+)
+from st_ar_hf.training.tracking import log_image, make_grid
+
+logger = get_logger(__name__)
+
+
+def build_transform(args: TokenizerTrainingArguments):
+    def transform(example, rng, counts):
+        image = decode_image(example[args.image_column])
+        if image is None:
+            return None
+        if min(image.size) < args.image_size:
+            counts["upscaled"] += 1
+        image = random_crop_arr(image, args.image_size, rng, args.min_crop_fraction)
+        if args.random_flip and rng.random() < 0.5:
+            image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
+        return {"pixel_values": to_pixel_values([image])[0]}
+
+    return transform
+
+
+def build_model(args: TokenizerTrainingArguments) -> LlamaGenVQVAE:
+    if args.model in LLAMAGEN_VQ_PRESETS:
+        return LlamaGenVQVAE(LlamaGenVQVAEConfig(**{"ch_mult": LLAMAGEN_VQ_PRESETS[args.model], **(args.model_config or {})}))
+    return LlamaGenVQVAE.from_pretrained(args.model, **(args.model_config or {}))
+
+
+def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
+    """Trains and returns the folder of the exported tokenizer. `end_training=False` leaves the process group up
+    (for `train.py`, which trains a tokenizer first in the same processes)."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(args.seed)
+
+    # Data
+    if args.embedded_dataset_dir is not None:
+        with accelerator.main_process_first():
+            write_embedded_dataset(args.embedded_dataset_dir)
+        dataset = load_stream(data_files=str(Path(args.embedded_dataset_dir) / "train-*.parquet"))
+    else:
+        dataset = load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
+    check_columns(dataset, image_column=args.image_column)
+    stream = ExampleStream(dataset.decode(False), build_transform(args), args.train_batch_size, args.seed,
+                           accelerator.process_index, accelerator.num_processes, args.shuffle_buffer)
+
+    # Model and optimiser
+    vqvae = build_model(args)
+    args.check_model(vqvae.config)
+    vqvae.train()
+    optimizer = torch.optim.AdamW(vqvae.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    vqvae, optimizer, lr_scheduler = accelerator.prepare(vqvae, optimizer, lr_scheduler)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, stream)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("st-ar-tokenizer", config={k: v for k, v in vars(args).items() if not isinstance(v, dict)})
+    codebook_size = accelerator.unwrap_model(vqvae).config.codebook_size
+
+    logger.info("***** Running tokenizer training *****")
+    logger.info(f"  model: {sum(p.numel() for p in vqvae.parameters()):,} parameters, codebook {codebook_size}")
+    logger.info(f"  batch: {args.train_batch_size} per process, steps {args.max_train_steps} (from {progress.global_step})")
+
+    # Train!
+    metrics_file = output_dir / "metrics.jsonl"
+    batches = iter(stream)
+    totals, code_counts, step_start, images_seen = {}, torch.zeros(codebook_size), time.perf_counter(), 0
+    bar = tqdm(total=args.max_train_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process,
+               desc="tokenizer")
+    while progress.global_step < args.max_train_steps:
+        for _ in range(args.gradient_accumulation_steps):
+            pixel_values = next(batches)["pixel_values"].to(accelerator.device)
+            with accelerator.accumulate(vqvae), accelerator.autocast():
+                out = vqvae(pixel_values)
+                distance = F.mse_loss if args.reconstruction_loss == "l2" else F.l1_loss
+                terms = {"reconstruction": distance(out.reconstruction.float(), pixel_values),
+                         "codebook": out.codebook_loss, "commitment": out.commitment_loss, "entropy": out.entropy_loss}
+                terms["loss"] = args.reconstruction_weight * terms["reconstruction"] + sum(
+                    terms[name] for name in ("codebook", "commitment", "entropy"))
+                accelerator.backward(terms["loss"])
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
+            code_counts += torch.bincount(out.indices.flatten().cpu(), minlength=codebook_size)
+            images_seen += pixel_values.shape[0]
+        grad_norm = accelerator.clip_grad_norm_(vqvae.parameters(), args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.global_step += 1
+        bar.update(1)
+
+        step = progress.global_step
+        if step % args.log_steps == 0 or step == args.max_train_steps:
+            num_steps = args.log_steps if step % args.log_steps == 0 else step % args.log_steps
+            code_counts = accelerator.reduce(code_counts.to(accelerator.device), "sum").cpu()
+            probabilities = code_counts / code_counts.sum()
+            logs = {f"loss/{name}": accelerator.reduce(value, "mean").item() / num_steps for name, value in totals.items()}
+            logs.update({
+                "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
+                "codebook/usage": (code_counts > 0).float().mean().item(),  # over the log window
+                "codebook/perplexity": torch.exp(torch.special.entr(probabilities).sum()).item(),
+                "throughput/images_per_s": images_seen * accelerator.num_processes / (time.perf_counter() - step_start),
+                "data/skipped_images": stream.counts["skipped"], "data/upscaled_images": stream.counts["upscaled"],
+            })
+            accelerator.log(logs, step=step)
+            bar.set_postfix(reconstruction=f"{logs['loss/reconstruction']:.4f}", usage=f"{logs['codebook/usage']:.2f}")
+            if accelerator.is_main_process:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps({"step": step, **logs}) + "\n")
+            totals, code_counts, step_start, images_seen = {}, torch.zeros(codebook_size), time.perf_counter(), 0
+        if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
+            save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, stream)
+        if accelerator.is_main_process and (
+                (args.validation_steps and step % args.validation_steps == 0) or step == args.max_train_steps):
+            shown = pixel_values[: args.validation_images]
+            with torch.no_grad():
+                reconstruction = accelerator.unwrap_model(vqvae).eval()(shown).reconstruction
+            vqvae.train()
+            pairs = torch.cat([shown, reconstruction.clamp(-1, 1)]).float().add(1).div(2)  # inputs above outputs
+            grid = make_grid(pairs.permute(0, 2, 3, 1).cpu().numpy(), columns=shown.shape[0])
+            log_image(accelerator, "reconstructions", grid, step, output_dir / "samples")
+
+    # Export the tokenizer (complete folders only: written aside, then renamed)
+    final = output_dir / "vqvae"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        partial = output_dir / "vqvae.partial"
+        model = accelerator.unwrap_model(vqvae).eval()
+        model.save_pretrained(partial)
+        tokenizer_model_card(model, training={"steps": args.max_train_steps, "arguments": vars(args)}).save(partial / "README.md")
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        if args.push_to_hub:
+            uploader = BackgroundUploader(args.hub_model_id or output_dir.name, args.hub_private_repo, args.upload_retries)
+            uploader.upload(final, commit_message=f"tokenizer of {args.output_dir}")
+            uploader.wait()
+    accelerator.wait_for_everyone()
+    if end_training:
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    return final
+
+
+if __name__ == "__main__":
+    main(parse_arguments(TokenizerTrainingArguments))
