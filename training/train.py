@@ -145,7 +145,8 @@ def main(args: ARTrainingArguments) -> None:
         raise ValueError(f"the dataset has {len(names)} classes but --num_classes is {num_classes}")
     id2label = {i: (names[i] if names else str(i)) for i in range(num_classes)}
     stream = ExampleStream(dataset, build_transform(args, num_classes), args.train_batch_size, args.seed,
-                           accelerator.process_index, accelerator.num_processes, args.shuffle_buffer)
+                           accelerator.process_index, accelerator.num_processes, args.shuffle_buffer,
+                           args.shuffle_input_shards)
 
     # Student, teacher, objective
     grid_size = args.image_size // vqvae.config.downsample_factor

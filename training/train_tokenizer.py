@@ -80,7 +80,8 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         dataset = load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
     check_columns(dataset, image_column=args.image_column)
     stream = ExampleStream(dataset.decode(False), build_transform(args), args.train_batch_size, args.seed,
-                           accelerator.process_index, accelerator.num_processes, args.shuffle_buffer)
+                           accelerator.process_index, accelerator.num_processes, args.shuffle_buffer,
+                           args.shuffle_input_shards)
 
     # Model and optimiser
     vqvae = build_model(args)

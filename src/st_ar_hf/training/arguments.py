@@ -33,6 +33,7 @@ class RunArguments:
     label_column: str = "label"
     image_size: int = 256
     shuffle_buffer: int = 1000
+    shuffle_input_shards: int = field(default=10, metadata={"help": "shards mixed into the shuffle buffer at once"})
     # optimisation
     seed: int = 0
     train_batch_size: int = field(default=32, metadata={"help": "images per process and step"})
@@ -68,7 +69,7 @@ class RunArguments:
         if self.data_format not in ("parquet", "webdataset", "imagefolder"):
             raise ValueError(f"--data_format must be parquet, webdataset or imagefolder, got {self.data_format!r}")
         for name in ("image_size", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
-                     "log_steps", "checkpointing_steps", "shuffle_buffer", "max_nonfinite_steps", "upload_retries"):
+                     "log_steps", "checkpointing_steps", "shuffle_buffer", "shuffle_input_shards", "max_nonfinite_steps", "upload_retries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_warmup_steps > 0 and self.lr_scheduler == "constant":

@@ -136,14 +136,16 @@ class ExampleStream:
     (seed, process, epoch, index), so a resumed run draws what the uninterrupted one would.
 
     Args:
+        shuffle_input_shards: shards feeding the shuffle buffer at once (datasets' `max_buffer_input_shards`); above 1,
+            datasets 5.2 pauses about 5 s at the end of each epoch while its reader threads shut down.
         transform: (raw example, np.random.Generator, counts) -> dict of tensors, or None to skip the example
             (counted as `counts["skipped"]`); it may count other events in `counts`.
     """
 
     def __init__(self, dataset: IterableDataset, transform: Callable, batch_size: int, seed: int,
-                 process_index: int = 0, num_processes: int = 1, shuffle_buffer: int = 1000):
-        self.dataset = split_dataset_by_node(dataset.shuffle(seed=seed, buffer_size=shuffle_buffer),
-                                             rank=process_index, world_size=num_processes)
+                 process_index: int = 0, num_processes: int = 1, shuffle_buffer: int = 1000, shuffle_input_shards: int = 10):
+        shuffled = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer, max_buffer_input_shards=shuffle_input_shards)
+        self.dataset = split_dataset_by_node(shuffled, rank=process_index, world_size=num_processes)
         self.transform, self.batch_size = transform, batch_size
         self.seed, self.process_index = seed, process_index
         self.epoch, self.position, self.digest = 0, 0, 0

@@ -132,7 +132,7 @@ class STARObjective(nn.Module):
         with torch.inference_mode():
             hidden = teacher(input_ids=input_ids[:, :-1], class_labels=labels, output_hidden_states=True).hidden_states
             teacher_last = hidden[-1][:, start:]  # [B*V, T, D]
-            teacher_features = hidden[layer][:, positions]  # [B*V, K, D]
+            teacher_features = hidden[layer][:, positions] if self.uses_contrastive else None  # [B*V, K, D]
         terms = {}
         if self.weights["mim"] > 0:  # inference tensors cannot be saved for backward: clone them out
             terms["mim"] = cosine_distance(student_hidden[-1][:, start:], teacher_last.clone())
