@@ -115,6 +115,7 @@ def sample_grid(args, student, vqvae, id2label, step) -> "PIL.Image.Image":  # n
 
 def main(args: ARTrainingArguments) -> None:
     output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,

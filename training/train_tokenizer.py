@@ -63,6 +63,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     """Trains and returns the folder of the exported tokenizer. `end_training=False` leaves the process group up
     (for `train.py`, which trains a tokenizer first in the same processes)."""
     output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,

@@ -1,0 +1,144 @@
+"""`training/train.py` end to end through `accelerate launch` on CPU: tiny random models (no pretrained weights
+exist offline) on the embedded MNIST digits, read through the real streaming path."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from st_ar_hf import LlamaGenVQVAE, STARPipeline
+from st_ar_hf.training.arguments import ARTrainingArguments, parse_arguments
+from st_ar_hf.training.checkpointing import BackgroundUploader, list_checkpoints
+from st_ar_hf.training.data import write_embedded_dataset
+
+from .conftest import tiny_gpt_config, tiny_vq_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_embedded_dataset(root / "mnist")
+    torch.manual_seed(0)
+    LlamaGenVQVAE(tiny_vq_config(ch_mult=[1, 2, 2])).save_pretrained(root / "vqvae")  # 16 px -> 4x4 codes
+    return root
+
+
+def _config(assets, tmp_path, **overrides) -> Path:
+    config = {
+        "embedded_dataset_dir": str(assets / "mnist"), "vqvae": str(assets / "vqvae"), "output_dir": str(tmp_path / "run"),
+        "image_size": 16, "model": "B", "attn_implementation": "eager",
+        "model_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+        "train_batch_size": 4, "learning_rate": 1e-3, "max_train_steps": 6, "log_steps": 1, "validation_steps": 0,
+        "validation_images_per_class": 1, "validation_max_classes": 2, "checkpointing_steps": 3, "report_to": "none",
+        "contrastive_layer": 1, "shuffle_buffer": 50, "shuffle_input_shards": 1, "ema_decay": 0.9,
+        **overrides,
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _launch(config: Path, *flags: str, processes: int = 1, port: int = 29611) -> subprocess.CompletedProcess:
+    launcher = [ACCELERATE, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(port)] if processes > 1 \
+        else ["--num_processes", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, str(ROOT / "training" / "train.py"), "--config", str(config), *flags],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run_and_exports_a_pipeline(assets, tmp_path):
+    full = _launch(_config(assets, tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    interrupted = _launch(_config(assets, tmp_path / "resumed", max_train_steps=3))
+    assert interrupted.returncode == 0, interrupted.stderr[-3000:]
+    resumed = _launch(_config(assets, tmp_path / "resumed"), "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected, got = _metrics(tmp_path / "full" / "run"), _metrics(tmp_path / "resumed" / "run")
+    assert [m["step"] for m in got] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(expected, got):
+        for term in ("loss/ar", "loss/mim", "loss/step", "loss/view", "loss/loss"):
+            assert a[term] == pytest.approx(b[term], rel=1e-5), (a["step"], term)
+    assert [p.name for p in list_checkpoints(tmp_path / "full" / "run")] == ["checkpoint-3", "checkpoint-6"]
+
+    pipeline_dir = tmp_path / "full" / "run" / "pipeline"
+    assert sorted(p.name for p in pipeline_dir.iterdir()) == [
+        "README.md", "model_index.json", "training_summary.json", "transformer", "vqvae"]  # no teacher, no optimiser
+    card = (pipeline_dir / "README.md").read_text()
+    assert "ST-AR self-guided training" in card and "mask ratio 0.25" in card and "MNIST" in card
+    pipe = STARPipeline.from_pretrained(pipeline_dir)
+    assert pipe.id2label[7] == "7, seven" and not pipe.transformer.training
+    images = pipe(["seven"], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (1, 16, 16, 3)
+    assert (tmp_path / "full" / "run" / "samples" / "samples-0000006.png").is_file()
+
+
+def test_two_processes_see_different_examples_and_keep_identical_weights(assets, tmp_path):
+    tokenizer = {"embedded_dataset_dir": str(assets / "mnist"), "image_size": 16, "model": "VQ-16",
+                 "model_config": tiny_vq_config(ch_mult=[1, 2, 2]).to_diff_dict() | {"ch_mult": [1, 2, 2]},
+                 "train_batch_size": 4, "max_train_steps": 2, "log_steps": 1, "validation_steps": 0,
+                 "checkpointing_steps": 2, "report_to": "none", "shuffle_input_shards": 1, "random_flip": False}
+    tokenizer["model_config"] = {k: v for k, v in tokenizer["model_config"].items()
+                                 if k in ("base_channels", "ch_mult", "num_res_blocks", "z_channels", "codebook_size",
+                                          "codebook_embed_dim")}
+    tokenizer_config = tmp_path / "tokenizer.yaml"
+    tokenizer_config.write_text(yaml.safe_dump(tokenizer))
+    config = _config(assets, tmp_path, vqvae=None, tokenizer_config=str(tokenizer_config), max_train_steps=3)
+    run = _launch(config, processes=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "pipeline" / "training_summary.json").read_text())
+    assert summary["images_per_process"] == [12, 12]
+    assert summary["data_digest_per_process"][0] != summary["data_digest_per_process"][1]
+    assert summary["weights_identical_across_processes"] is True
+    assert (tmp_path / "run" / "tokenizer" / "vqvae" / "model.safetensors").is_file()  # trained first, in 2 processes
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_the_step_and_terms(assets, tmp_path):
+    run = _launch(_config(assets, tmp_path, learning_rate=1e30, max_nonfinite_steps=2, mim_weight=0.0,
+                          step_weight=0.0, view_weight=0.0))
+    assert run.returncode != 0
+    assert "non-finite ['ar', 'loss'], step skipped (1 in a row)" in run.stderr
+    assert "2 non-finite losses in a row (last: ['ar', 'loss'])" in run.stderr
+
+
+def test_failed_uploads_are_retried_and_never_stop_training(assets, tmp_path, caplog):
+    run = _launch(_config(assets, tmp_path, max_train_steps=1, push_to_hub=True, hub_model_id="org/unreachable",
+                          upload_retries=1, mim_weight=0.0, step_weight=0.0, view_weight=0.0))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "upload of" in run.stderr and "failed (attempt 1/1)" in run.stderr
+    uploader = BackgroundUploader("org/unreachable", retries=3, backoff_s=0.0)
+    uploader.upload(tmp_path, "test")
+    uploader.wait()
+    assert uploader.failures == [str(tmp_path)]
+    assert caplog.text.count("failed (attempt") == 3
+
+
+def test_bad_settings_fail_before_training_with_the_setting_named(assets, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['mask_ration'\]"):
+        parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path, mask_ration=0.3))])
+    args = parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path, contrastive_layer=3))])
+    with pytest.raises(ValueError, match="--contrastive_layer 3 is outside the model's layers 1..2"):
+        args.check_model(tiny_gpt_config(num_hidden_layers=2))
+    args = parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--num_positions", "17"])
+    with pytest.raises(ValueError, match="--num_positions 17 exceeds the sequence of 16 tokens"):
+        args.check_model(tiny_gpt_config(block_size=16))
+    with pytest.raises(ValueError, match="--view_weight > 0 needs --num_views >= 2"):
+        parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--num_views", "1"])
+    run = _launch(_config(assets, tmp_path, num_classes=5))
+    assert run.returncode != 0 and "the dataset has 10 classes but --num_classes is 5" in run.stderr
+    assert not (tmp_path / "run" / "checkpoint-3").exists()
