@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import yaml
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent
 
@@ -74,3 +74,12 @@ def tokenizer_model_card(model, training: dict) -> ModelCard:
         training=training,
         training_yaml=yaml.safe_dump(training["arguments"], sort_keys=True),
     )
+
+
+def code_shards_card(vqvae: str, source: str, **facts) -> DatasetCard:
+    """Card of a folder of code shards written by `training/extract_codes.py` (`facts`: image_size, crop_range,
+    num_crops, grid_size, codebook_size, num_examples, num_skipped)."""
+    card_data = DatasetCardData(license="other", tags=["st-ar-hf", "llamagen", "image-tokens"],
+                                configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "train-*.parquet"}]}])
+    return DatasetCard.from_template(card_data, template_path=str(TEMPLATES / "code_shards.md"), vqvae=vqvae,
+                                     source=source, **facts)

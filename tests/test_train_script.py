@@ -142,3 +142,36 @@ def test_bad_settings_fail_before_training_with_the_setting_named(assets, tmp_pa
     run = _launch(_config(assets, tmp_path, num_classes=5))
     assert run.returncode != 0 and "the dataset has 10 classes but --num_classes is 5" in run.stderr
     assert not (tmp_path / "run" / "checkpoint-3").exists()
+
+
+def test_extracted_code_shards_train_and_resume_interrupted_extraction(assets, tmp_path):
+    extract = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", str(ROOT / "training" / "extract_codes.py"), "--embedded_dataset_dir",
+               str(assets / "mnist"), "--vqvae", str(assets / "vqvae"), "--image_size", "16", "--output_dir",
+               str(tmp_path / "codes"), "--shard_size", "8", "--batch_size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    first = subprocess.run([*extract, "--max_examples", "16"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run([*extract, "--max_examples", "24"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "codes").glob("*.parquet"))
+    assert shards == ["train-00000-00000.parquet", "train-00000-00001.parquet", "train-00000-00002.parquet"]
+    from datasets import load_dataset
+
+    codes = load_dataset("parquet", data_files=str(tmp_path / "codes" / "*.parquet"), split="train")
+    assert len(codes) == 24 and codes.features["label"].names[7] == "7, seven"
+    assert torch.tensor(codes[0]["codes"]).shape == (10, 16)  # ten crops x 4x4 codes
+
+    # the same images encoded directly: crop 4 is the centre crop of the 17 px centre crop
+    from st_ar_hf.training.data import crop_views, decode_image, load_stream, to_pixel_values
+
+    example = next(iter(load_stream(data_files=str(assets / "mnist" / "train-*.parquet")).decode(False)))
+    vqvae = LlamaGenVQVAE.from_pretrained(assets / "vqvae")
+    direct = vqvae.encode(to_pixel_values(crop_views(decode_image(example["image"]), 16))).indices.flatten(1)
+    assert torch.equal(direct, torch.tensor(codes[0]["codes"])) and codes[0]["label"] == example["label"]
+    assert "24 images of the embedded MNIST-5k digits" in (tmp_path / "codes" / "README.md").read_text()
+
+    run = _launch(_config(assets, tmp_path, embedded_dataset_dir=None, train_codes=str(tmp_path / "codes"),
+                          max_train_steps=2))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2]

@@ -30,8 +30,7 @@ from st_ar_hf.model_cards import pipeline_model_card
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments
 from st_ar_hf.training.checkpointing import BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
 from st_ar_hf.training.data import (
-    ExampleStream, center_crop_arr, check_columns, class_names, decode_image, load_stream, ten_crop, to_pixel_values,
-    write_embedded_dataset,
+    ExampleStream, check_columns, crop_views, class_names, decode_image, load_image_dataset, load_stream, to_pixel_values,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.tracking import log_image, make_grid
@@ -42,15 +41,11 @@ logger = get_logger(__name__)
 
 def load_data(args: ARTrainingArguments, accelerator: Accelerator):
     """The raw stream and its label names; codes shards keep their `codes` [views, h*w] column."""
-    if args.embedded_dataset_dir is not None:
-        with accelerator.main_process_first():
-            write_embedded_dataset(args.embedded_dataset_dir)
-        dataset = load_stream(data_files=str(Path(args.embedded_dataset_dir) / "train-*.parquet"))
-    elif args.train_codes is not None:
+    if args.train_codes is not None:
         is_local = Path(args.train_codes).is_dir() or any(c in args.train_codes for c in "*?")
         dataset = load_stream(data_files=args.train_codes) if is_local else load_stream(args.train_codes, split=args.split)
     else:
-        dataset = load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
+        dataset = load_image_dataset(args, accelerator.main_process_first)
     columns = {"label_column": args.label_column}
     columns["image_column" if args.train_codes is None else "codes_column"] = (
         args.image_column if args.train_codes is None else "codes")
@@ -81,7 +76,7 @@ def build_transform(args: ARTrainingArguments, num_classes: int):
         crop_size = int(args.image_size * args.crop_range)
         if min(image.size) < crop_size:
             counts["upscaled"] += 1
-        crops = ten_crop(center_crop_arr(image, crop_size), args.image_size)
+        crops = crop_views(image, args.image_size, args.crop_range)
         chosen = [crops[i] for i in rng.permutation(10)[: args.num_views]]
         return {"label": label_of(example), "views": to_pixel_values(chosen)}
 

@@ -31,7 +31,7 @@ from st_ar_hf.training.checkpointing import (
     BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint,
 )
 from st_ar_hf.training.data import (
-    ExampleStream, check_columns, decode_image, load_stream, random_crop_arr, to_pixel_values, write_embedded_dataset,
+    ExampleStream, check_columns, decode_image, load_image_dataset, random_crop_arr, to_pixel_values,
 )
 from st_ar_hf.training.tracking import log_image, make_grid
 
@@ -73,12 +73,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     set_seed(args.seed)
 
     # Data
-    if args.embedded_dataset_dir is not None:
-        with accelerator.main_process_first():
-            write_embedded_dataset(args.embedded_dataset_dir)
-        dataset = load_stream(data_files=str(Path(args.embedded_dataset_dir) / "train-*.parquet"))
-    else:
-        dataset = load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
+    dataset = load_image_dataset(args, accelerator.main_process_first)
     check_columns(dataset, image_column=args.image_column)
     stream = ExampleStream(dataset.decode(False), build_transform(args), args.train_batch_size, args.seed,
                            accelerator.process_index, accelerator.num_processes, args.shuffle_buffer,

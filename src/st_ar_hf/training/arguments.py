@@ -16,8 +16,8 @@ import yaml
 
 
 @dataclass
-class RunArguments:
-    """What every training script shares: data, optimisation, precision, logging, checkpoints, Hub."""
+class DataArguments:
+    """Where the images come from, and their size."""
 
     DATA_SOURCES = ("embedded_dataset_dir", "dataset", "train_data_files")  # exactly one is given
 
@@ -34,6 +34,30 @@ class RunArguments:
     image_size: int = 256
     shuffle_buffer: int = 1000
     shuffle_input_shards: int = field(default=10, metadata={"help": "shards mixed into the shuffle buffer at once"})
+
+    def __post_init__(self):
+        sources = [name for name in self.DATA_SOURCES if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"give exactly one data source of {['--' + n for n in self.DATA_SOURCES]}, got {sources}")
+        if self.data_format not in ("parquet", "webdataset", "imagefolder"):
+            raise ValueError(f"--data_format must be parquet, webdataset or imagefolder, got {self.data_format!r}")
+        for name in ("image_size", "shuffle_buffer", "shuffle_input_shards"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class HubArguments:
+    push_to_hub: bool = False
+    hub_model_id: str | None = field(default=None, metadata={"help": "repo id; default: the output folder's name"})
+    hub_private_repo: bool = False
+    upload_retries: int = 3
+
+
+@dataclass
+class RunArguments(HubArguments, DataArguments):
+    """What every training script shares: data, optimisation, precision, logging, checkpoints, Hub."""
+
     # optimisation
     seed: int = 0
     train_batch_size: int = field(default=32, metadata={"help": "images per process and step"})
@@ -57,19 +81,11 @@ class RunArguments:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private_repo: bool = False
-    upload_retries: int = 3
 
     def __post_init__(self):
-        sources = [name for name in self.DATA_SOURCES if getattr(self, name) is not None]
-        if len(sources) != 1:
-            raise ValueError(f"give exactly one data source of {['--' + n for n in self.DATA_SOURCES]}, got {sources}")
-        if self.data_format not in ("parquet", "webdataset", "imagefolder"):
-            raise ValueError(f"--data_format must be parquet, webdataset or imagefolder, got {self.data_format!r}")
-        for name in ("image_size", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
-                     "log_steps", "checkpointing_steps", "shuffle_buffer", "shuffle_input_shards", "max_nonfinite_steps", "upload_retries"):
+        super().__post_init__()
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "log_steps",
+                     "checkpointing_steps", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_warmup_steps > 0 and self.lr_scheduler == "constant":
@@ -217,3 +233,27 @@ class TokenizerTrainingArguments(RunArguments):
         if self.image_size % factor:
             raise ValueError(f"--image_size {self.image_size} is not divisible by the downsampling factor {factor} of "
                              f"ch_mult {list(config.ch_mult)}")
+
+
+@dataclass
+class ExtractCodesArguments(HubArguments, DataArguments):
+    """LlamaGen's pre-tokenisation: the ten crops (or centre crop and its flip) of every image, encoded by a VQ."""
+
+    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE folder or Hub id (required)"})
+    output_dir: str = "codes"
+    crop_range: float = field(default=1.1, metadata={"help": "centre crop to crop_range * image_size first"})
+    ten_crop: bool = field(default=True, metadata={"help": "ten crops; false: the centre crop and its flip"})
+    batch_size: int = field(default=32, metadata={"help": "images per forward pass and process"})
+    shard_size: int = field(default=10000, metadata={"help": "examples per parquet shard"})
+    max_examples: int | None = field(default=None, metadata={"help": "stop after this many examples per process"})
+    mixed_precision: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vqvae is None:
+            raise ValueError("--vqvae is required: the tokenizer whose codes to extract")
+        for name in ("batch_size", "shard_size", "upload_retries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_range < 1:
+            raise ValueError(f"--crop_range must be >= 1, got {self.crop_range}")

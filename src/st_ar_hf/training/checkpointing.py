@@ -86,8 +86,10 @@ class BackgroundUploader:
     """Uploads folders to a Hub repo in a background thread, retrying with backoff. A failure is logged and never
     raised, so an unreachable Hub never stops training. `wait()` blocks until queued uploads are done."""
 
-    def __init__(self, repo_id: str, private: bool = False, retries: int = 3, backoff_s: float = 5.0):
+    def __init__(self, repo_id: str, private: bool = False, retries: int = 3, backoff_s: float = 5.0,
+                 repo_type: str = "model"):
         self.repo_id, self.private, self.retries, self.backoff_s = repo_id, private, retries, backoff_s
+        self.repo_type = repo_type
         self.api, self.failures, self.threads = HfApi(), [], []
 
     def upload(self, folder: str | Path, commit_message: str, ignore_patterns: list[str] | None = None) -> None:
@@ -98,9 +100,9 @@ class BackgroundUploader:
     def _upload(self, folder, commit_message, ignore_patterns):
         for attempt in range(1, self.retries + 1):
             try:
-                self.api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+                self.api.create_repo(self.repo_id, private=self.private, exist_ok=True, repo_type=self.repo_type)
                 self.api.upload_folder(repo_id=self.repo_id, folder_path=folder, commit_message=commit_message,
-                                       ignore_patterns=ignore_patterns)
+                                       ignore_patterns=ignore_patterns, repo_type=self.repo_type)
                 logger.info(f"uploaded {folder} to {self.repo_id}")
                 return
             except Exception as error:  # noqa: BLE001 -- any failure is retried, then reported, never raised

