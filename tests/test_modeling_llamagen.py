@@ -165,3 +165,12 @@ def test_save_pretrained_round_trip_preserves_logits(tiny_gpt, tmp_path):
         assert isinstance(loaded, LlamaGenForImageGeneration)
         assert torch.equal(loaded.rotary_emb.cos, tiny_gpt.rotary_emb.cos)
         assert torch.allclose(loaded(tokens, class_labels).logits, tiny_gpt(tokens, class_labels).logits)
+
+
+def test_logits_to_keep_computes_only_the_last_positions(tiny_gpt):
+    tokens, labels = torch.randint(0, 64, (2, 15)), torch.tensor([1, 2])
+    full = tiny_gpt(input_ids=tokens, class_labels=labels).logits
+    last = tiny_gpt(input_ids=tokens, class_labels=labels, logits_to_keep=3).logits
+    torch.testing.assert_close(last, full[:, -3:])
+    with pytest.raises(ValueError, match="logits_to_keep must be 0"):
+        tiny_gpt(input_ids=tokens, class_labels=labels, labels=torch.zeros(2, 16, dtype=torch.long), logits_to_keep=1)

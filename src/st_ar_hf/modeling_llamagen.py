@@ -244,6 +244,7 @@ class LlamaGenForImageGeneration(PreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool = False,
         return_dict: bool | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutputWithPast:
         r"""
         Args:
@@ -259,6 +260,8 @@ class LlamaGenForImageGeneration(PreTrainedModel):
             cache_position: [T] sequence positions of the new tokens; derived from the cache length when omitted.
             output_hidden_states: also return `hidden_states`: the embeddings and the output of every layer
                 (before the final norm), each [B, T, hidden].
+            logits_to_keep: compute logits for the last `logits_to_keep` positions only (0: all), as in transformers;
+                a forward that only needs features (the EMA teacher) passes 1.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -269,6 +272,8 @@ class LlamaGenForImageGeneration(PreTrainedModel):
             0 if class_labels is None else self.config.cls_token_num
         )
         self._check_inputs(input_ids, class_labels, labels, attention_bias, past_length, seq_len)
+        if labels is not None and logits_to_keep:
+            raise ValueError(f"labels need the logits of every position: logits_to_keep must be 0, got {logits_to_keep}")
 
         embeddings = []
         if class_labels is not None:
@@ -292,7 +297,7 @@ class LlamaGenForImageGeneration(PreTrainedModel):
                 all_hidden_states += (hidden_states,)
             if output_attentions:
                 all_attentions += (attn_weights,)
-        logits = self.lm_head(self.norm(hidden_states)).float()  # [B, T, V]
+        logits = self.lm_head(self.norm(hidden_states[:, -logits_to_keep:])).float()  # [B, T or logits_to_keep, V]
 
         loss = None
         if labels is not None:

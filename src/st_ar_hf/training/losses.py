@@ -130,7 +130,8 @@ class STARObjective(nn.Module):
         layer, seq_len = self.contrastive_layer, input_ids.shape[1]
         positions = torch.randperm(seq_len, device=input_ids.device)[: self.num_positions] + start  # [K], per batch
         with torch.inference_mode():
-            hidden = teacher(input_ids=input_ids[:, :-1], class_labels=labels, output_hidden_states=True).hidden_states
+            hidden = teacher(input_ids=input_ids[:, :-1], class_labels=labels, output_hidden_states=True,
+                             logits_to_keep=1).hidden_states  # features only: skip the head
             teacher_last = hidden[-1][:, start:]  # [B*V, T, D]
             teacher_features = hidden[layer][:, positions] if self.uses_contrastive else None  # [B*V, K, D]
         terms = {}
