@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -157,6 +157,9 @@ def main(args: ARTrainingArguments) -> None:
         args.temperature, args.projector_hidden_size)
     teacher = None
     if objective.uses_teacher:  # the EMA copy: no dropout, no gradients, outside the exported model
+        if accelerator.distributed_type == DistributedType.FSDP:
+            raise ValueError("the EMA teacher needs the full student weights on every process; FSDP shards them. "
+                             "Use DDP for ST-AR, or FSDP with --mim_weight 0 --step_weight 0 --view_weight 0")
         teacher = copy.deepcopy(student).eval().requires_grad_(False)
 
     # Optimiser: AdamW, weight decay on tensors with ndim >= 2 (LlamaGen), lr per 256 images when scale_lr

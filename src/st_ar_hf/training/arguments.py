@@ -111,7 +111,8 @@ def _to_bool(value: str) -> bool:
 
 
 def parse_arguments(cls, argv=None, default_config: str | None = None):
-    """Builds `cls` from `--config file.yaml` (or `default_config` when no argument is given at all), then flags."""
+    """Builds `cls` from `--config file.yaml` (or `default_config` when no argument is given at all), then flags.
+    A config may start from another with `base: other.yaml`."""
     parser = argparse.ArgumentParser(description=cls.__doc__)
     parser.add_argument("--config", help="YAML file of arguments; flags given on the command line override it")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -124,13 +125,18 @@ def parse_arguments(cls, argv=None, default_config: str | None = None):
     argv = sys.argv[1:] if argv is None else argv
     flags = vars(parser.parse_args(argv))
     config_file = flags.pop("config", None) or (default_config if not argv else None)
-    values = {}
-    if config_file is not None:
-        values = yaml.safe_load(Path(config_file).read_text()) or {}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(f"{config_file}: unknown setting(s) {unknown}; {cls.__name__} accepts {sorted(fields)}")
+    values = _read_config(Path(config_file), set(fields), cls.__name__) if config_file is not None else {}
     return cls(**{**values, **flags})
+
+
+def _read_config(path: Path, fields: set[str], class_name: str) -> dict:
+    """A YAML config; `base: other.yaml` (relative to this file) is read first and overridden by the other keys."""
+    values = yaml.safe_load(path.read_text()) or {}
+    base = values.pop("base", None)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; {class_name} accepts {sorted(fields)}")
+    return {**(_read_config(path.parent / base, fields, class_name) if base else {}), **values}
 
 
 @dataclass
