@@ -105,12 +105,18 @@ def sample_grid(args, student, vqvae, id2label, step) -> "PIL.Image.Image":  # n
     images = pipe(labels, num_images_per_label=num, guidance_scale=args.validation_guidance_scale,
                   generator=generators, output_type="np").images
     student.train()
-    return make_grid(images, columns=num)
+    return make_grid(images, columns=num, scale=max(1, 64 // images.shape[1]))
 
 
 def main(args: ARTrainingArguments) -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.vqvae is None:  # train a tokenizer first (resumable), in these processes, with its own Accelerator
+        args.vqvae = str(output_dir / "tokenizer" / "vqvae")
+        if not Path(args.vqvae).is_dir():
+            train_tokenizer.main(parse_arguments(TokenizerTrainingArguments, [
+                "--config", args.tokenizer_config, "--output_dir", str(output_dir / "tokenizer")]), end_training=False)
+
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -121,15 +127,6 @@ def main(args: ARTrainingArguments) -> None:
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
 
-    # Tokenizer: a given one, or one trained first (resumable) by train_tokenizer.py into output_dir/tokenizer
-    if args.vqvae is None:
-        trained = output_dir / "tokenizer" / "vqvae"
-        if not trained.is_dir():
-            tokenizer_args = parse_arguments(TokenizerTrainingArguments, ["--config", args.tokenizer_config,
-                                                                          "--output_dir", str(output_dir / "tokenizer")])
-            train_tokenizer.main(tokenizer_args, end_training=False)
-            set_seed(args.seed)
-        args.vqvae = str(trained)
     vqvae = LlamaGenVQVAE.from_pretrained(args.vqvae).to(accelerator.device).eval().requires_grad_(False)
 
     # Data: this process's share of the stream; never passed through accelerator.prepare (no double split)

@@ -18,6 +18,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
@@ -157,7 +158,8 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 reconstruction = accelerator.unwrap_model(vqvae).eval()(shown).reconstruction
             vqvae.train()
             pairs = torch.cat([shown, reconstruction.clamp(-1, 1)]).float().add(1).div(2)  # inputs above outputs
-            grid = make_grid(pairs.permute(0, 2, 3, 1).cpu().numpy(), columns=shown.shape[0])
+            grid = make_grid(pairs.permute(0, 2, 3, 1).cpu().numpy(), columns=shown.shape[0],
+                             scale=max(1, 64 // args.image_size))
             log_image(accelerator, "reconstructions", grid, step, output_dir / "samples")
 
     # Export the tokenizer (complete folders only: written aside, then renamed)
@@ -178,9 +180,10 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     accelerator.wait_for_everyone()
     if end_training:
         accelerator.end_training()
-    else:
+    else:  # the caller continues in these processes with an Accelerator of its own, possibly in another precision
         for tracker in accelerator.trackers:
             tracker.finish()
+        AcceleratorState._reset_state()  # keeps the process group (PartialState)
     return final
 
 

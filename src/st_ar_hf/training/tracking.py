@@ -6,8 +6,10 @@ import numpy as np
 import PIL.Image
 
 
-def make_grid(images: np.ndarray, columns: int, padding: int = 2) -> PIL.Image.Image:
-    """[N, H, W, 3] floats in [0, 1] -> one PIL image of ceil(N / columns) rows, on a white background."""
+def make_grid(images: np.ndarray, columns: int, padding: int = 2, scale: int = 1) -> PIL.Image.Image:
+    """[N, H, W, 3] floats in [0, 1] -> one PIL image of ceil(N / columns) rows on a white background, each image
+    enlarged `scale` times (nearest neighbour, so that small images stay legible)."""
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     num, height, width, _ = images.shape
     rows = -(-num // columns)
     grid = np.ones((rows * (height + padding) + padding, columns * (width + padding) + padding, 3), dtype=np.float32)
