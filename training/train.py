@@ -157,7 +157,7 @@ def main(args: ARTrainingArguments) -> None:
         if accelerator.distributed_type == DistributedType.FSDP:
             raise ValueError("the EMA teacher needs the full student weights on every process; FSDP shards them. "
                              "Use DDP for ST-AR, or FSDP with --mim_weight 0 --step_weight 0 --view_weight 0")
-        teacher = copy.deepcopy(student).eval().requires_grad_(False)
+        teacher = copy.deepcopy(student).to(accelerator.device).eval().requires_grad_(False)
 
     # Optimiser: AdamW, weight decay on tensors with ndim >= 2 (LlamaGen), lr per 256 images when scale_lr
     parameters = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]

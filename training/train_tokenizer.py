@@ -2,13 +2,17 @@
 """Train a LlamaGen VQ tokenizer (`LlamaGenVQVAE`) with Accelerate over `datasets` streaming shards.
 
     accelerate launch training/train_tokenizer.py --config training/configs/tokenizer_default.yaml
-    accelerate launch training/train_tokenizer.py --dataset ILSVRC/imagenet-1k --output_dir runs/vq16
+    accelerate launch training/train_tokenizer.py --config training/configs/vq16.yaml --dataset ILSVRC/imagenet-1k \
+        --output_dir runs/vq16 --perceptual_vgg16 vgg16.pth --perceptual_lpips vgg.pth
 
-Losses: reconstruction (L2 or L1), codebook, commitment and the optional entropy term, with Adam (0.9, 0.95) as in
-LlamaGen. Writes `checkpoint-<step>` folders, reconstruction grids (input above output) and the tokenizer in
+LlamaGen's objective: reconstruction (L2 or L1) + perceptual (LPIPS-VGG, when its weights are given) + codebook +
+commitment (+ entropy) + disc_weight * hinge generator loss from `disc_start` on, with a PatchGAN discriminator
+trained by its own Adam; Adam (0.9, 0.95) for the tokenizer, optional EMA. Writes `checkpoint-<step>` folders,
+reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook usage, and the tokenizer in
 `<output_dir>/vqvae`, which `train.py`, `extract_codes.py` and `STARPipeline` accept.
 """
 
+import copy
 import json
 import shutil
 import time
@@ -18,23 +22,27 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig
 from st_ar_hf.configuration_llamagen import LLAMAGEN_VQ_PRESETS
+from st_ar_hf.metrics import psnr, ssim
 from st_ar_hf.model_cards import tokenizer_model_card
 from st_ar_hf.training.arguments import TokenizerTrainingArguments, parse_arguments
 from st_ar_hf.training.checkpointing import (
     BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint,
 )
 from st_ar_hf.training.data import (
-    ExampleStream, check_columns, decode_image, load_image_dataset, random_crop_arr, to_pixel_values,
+    ExampleStream, center_crop_arr, check_columns, decode_image, load_image_dataset, load_stream, random_crop_arr,
+    to_pixel_values,
 )
+from st_ar_hf.training.losses import update_ema
 from st_ar_hf.training.tracking import log_image, make_grid
+from st_ar_hf.training.vq_losses import LPIPS, PatchGANDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 
 logger = get_logger(__name__)
 
@@ -60,6 +68,35 @@ def build_model(args: TokenizerTrainingArguments) -> LlamaGenVQVAE:
     return LlamaGenVQVAE.from_pretrained(args.model, **(args.model_config or {}))
 
 
+def load_eval_pixels(args: TokenizerTrainingArguments) -> torch.Tensor | None:
+    """Centre crops [N, 3, H, W] of the first `eval_images` held-out images (the embedded dataset's test shard)."""
+    files = args.eval_data_files or (args.embedded_dataset_dir and str(Path(args.embedded_dataset_dir) / "test-*.parquet"))
+    if not args.eval_steps or files is None:
+        return None
+    images = []
+    for example in load_stream(data_files=files).decode(False):
+        image = decode_image(example[args.image_column])
+        if image is not None:
+            images.append(center_crop_arr(image, args.image_size))
+        if len(images) == args.eval_images:
+            break
+    return to_pixel_values(images)
+
+
+@torch.no_grad()
+def evaluate(vqvae, pixel_values: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Held-out PSNR and SSIM of the reconstructions (images in [0, 1]) and the share of codes in use."""
+    scores, used = [], torch.zeros(vqvae.config.codebook_size, dtype=torch.bool)
+    for batch in pixel_values.split(batch_size):
+        batch = batch.to(vqvae.device)
+        out = vqvae(batch)
+        reference, reconstruction = batch.add(1).div(2), out.reconstruction.clamp(-1, 1).add(1).div(2)
+        scores.append(torch.stack([psnr(reconstruction, reference), ssim(reconstruction, reference)]))
+        used[out.indices.unique().cpu()] = True
+    psnr_mean, ssim_mean = torch.cat(scores, dim=1).mean(1).tolist()
+    return {"eval/psnr": psnr_mean, "eval/ssim": ssim_mean, "eval/codebook_usage": used.float().mean().item()}
+
+
 def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     """Trains and returns the folder of the exported tokenizer. `end_training=False` leaves the process group up
     (for `train.py`, which trains a tokenizer first in the same processes)."""
@@ -79,18 +116,34 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     stream = ExampleStream(dataset.decode(False), build_transform(args), args.train_batch_size, args.seed,
                            accelerator.process_index, accelerator.num_processes, args.shuffle_buffer,
                            args.shuffle_input_shards)
+    eval_pixels = load_eval_pixels(args) if accelerator.is_main_process else None
 
-    # Model and optimiser
+    # Models: the tokenizer (and its EMA), the discriminator, the perceptual network
     vqvae = build_model(args)
     args.check_model(vqvae.config)
     vqvae.train()
+    ema = None
+    if args.ema_decay is not None:
+        ema = copy.deepcopy(vqvae).to(accelerator.device).eval().requires_grad_(False)
+    perceptual = None
+    if args.perceptual_weight > 0 and args.perceptual_vgg16 is not None:
+        perceptual = LPIPS.from_files(args.perceptual_vgg16, args.perceptual_lpips).to(accelerator.device)
+    elif args.perceptual_weight > 0:
+        logger.warning("no perceptual network (--perceptual_vgg16 and --perceptual_lpips not given): training "
+                       "without the perceptual loss")
     optimizer = torch.optim.AdamW(vqvae.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
     vqvae, optimizer, lr_scheduler = accelerator.prepare(vqvae, optimizer, lr_scheduler)
+    discriminator = None
+    if args.uses_discriminator:
+        discriminator = PatchGANDiscriminator(base_channels=args.disc_base_channels, num_layers=args.disc_layers)
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
+                                          betas=(args.adam_beta1, args.adam_beta2))
+        discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
     progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
+    accelerator.register_for_checkpointing(progress, *([ema] if ema is not None else []))
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         load_checkpoint(accelerator, checkpoint, stream)
@@ -101,6 +154,8 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     logger.info("***** Running tokenizer training *****")
     logger.info(f"  model: {sum(p.numel() for p in vqvae.parameters()):,} parameters, codebook {codebook_size}")
     logger.info(f"  batch: {args.train_batch_size} per process, steps {args.max_train_steps} (from {progress.global_step})")
+    logger.info(f"  perceptual: {'LPIPS-VGG' if perceptual is not None else 'off'}; discriminator: "
+                f"{f'from step {args.disc_start}' if discriminator is not None else 'off'}")
 
     # Train!
     metrics_file = output_dir / "metrics.jsonl"
@@ -109,16 +164,28 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     bar = tqdm(total=args.max_train_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process,
                desc="tokenizer")
     while progress.global_step < args.max_train_steps:
+        adversarial = discriminator is not None and progress.global_step >= args.disc_start
         for _ in range(args.gradient_accumulation_steps):
             pixel_values = next(batches)["pixel_values"].to(accelerator.device)
             with accelerator.accumulate(vqvae), accelerator.autocast():
                 out = vqvae(pixel_values)
+                reconstruction = out.reconstruction.float()
                 distance = F.mse_loss if args.reconstruction_loss == "l2" else F.l1_loss
-                terms = {"reconstruction": distance(out.reconstruction.float(), pixel_values),
+                terms = {"reconstruction": args.reconstruction_weight * distance(reconstruction, pixel_values),
                          "codebook": out.codebook_loss, "commitment": out.commitment_loss, "entropy": out.entropy_loss}
-                terms["loss"] = args.reconstruction_weight * terms["reconstruction"] + sum(
-                    terms[name] for name in ("codebook", "commitment", "entropy"))
+                if perceptual is not None:
+                    terms["perceptual"] = args.perceptual_weight * perceptual(reconstruction, pixel_values).mean()
+                if adversarial:
+                    terms["generator_adversarial"] = args.disc_weight * hinge_generator_loss(discriminator(reconstruction))
+                terms["loss"] = sum(terms.values())
                 accelerator.backward(terms["loss"])
+            if adversarial:  # the discriminator's own step on real images and detached reconstructions
+                disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left in it
+                with accelerator.autocast():
+                    logits = discriminator(torch.cat([pixel_values, reconstruction.detach()]))
+                    real_logits, fake_logits = logits.chunk(2)
+                    terms["discriminator"] = args.disc_weight * hinge_discriminator_loss(real_logits, fake_logits)
+                accelerator.backward(terms["discriminator"])
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
             code_counts += torch.bincount(out.indices.flatten().cpu(), minlength=codebook_size)
@@ -127,6 +194,12 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if adversarial:
+            accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+            disc_optimizer.step()
+            disc_optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            update_ema(ema, vqvae, args.ema_decay)
         progress.global_step += 1
         bar.update(1)
 
@@ -143,6 +216,9 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 "throughput/images_per_s": images_seen * accelerator.num_processes / (time.perf_counter() - step_start),
                 "data/skipped_images": stream.counts["skipped"], "data/upscaled_images": stream.counts["upscaled"],
             })
+            if eval_pixels is not None and (step % args.eval_steps == 0 or step == args.max_train_steps):
+                logs.update(evaluate((ema or accelerator.unwrap_model(vqvae)).eval(), eval_pixels, args.train_batch_size))
+                vqvae.train()
             accelerator.log(logs, step=step)
             bar.set_postfix(reconstruction=f"{logs['loss/reconstruction']:.4f}", usage=f"{logs['codebook/usage']:.2f}")
             if accelerator.is_main_process:
@@ -155,19 +231,19 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 (args.validation_steps and step % args.validation_steps == 0) or step == args.max_train_steps):
             shown = pixel_values[: args.validation_images]
             with torch.no_grad():
-                reconstruction = accelerator.unwrap_model(vqvae).eval()(shown).reconstruction
+                reconstruction = (ema or accelerator.unwrap_model(vqvae)).eval()(shown).reconstruction
             vqvae.train()
             pairs = torch.cat([shown, reconstruction.clamp(-1, 1)]).float().add(1).div(2)  # inputs above outputs
             grid = make_grid(pairs.permute(0, 2, 3, 1).cpu().numpy(), columns=shown.shape[0],
                              scale=max(1, 64 // args.image_size))
             log_image(accelerator, "reconstructions", grid, step, output_dir / "samples")
 
-    # Export the tokenizer (complete folders only: written aside, then renamed)
+    # Export the tokenizer (the EMA weights when kept; complete folders only: written aside, then renamed)
     final = output_dir / "vqvae"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         partial = output_dir / "vqvae.partial"
-        model = accelerator.unwrap_model(vqvae).eval()
+        model = (ema or accelerator.unwrap_model(vqvae)).eval()
         model.save_pretrained(partial)
         tokenizer_model_card(model, training={"steps": args.max_train_steps, "arguments": vars(args)}).save(partial / "README.md")
         if final.exists():

@@ -215,7 +215,8 @@ class ARTrainingArguments(RunArguments):
 
 @dataclass
 class TokenizerTrainingArguments(RunArguments):
-    """LlamaGen's VQ tokenizer training: reconstruction, codebook and commitment (and optional entropy) losses."""
+    """LlamaGen's VQ tokenizer training: reconstruction, codebook and commitment (and optional entropy) losses, a
+    perceptual loss when LPIPS weights are given, and a PatchGAN discriminator from `disc_start` on."""
 
     model: str = field(default="VQ-16", metadata={"help": "a preset (VQ-16, VQ-8) or a pretrained LlamaGenVQVAE folder"})
     model_config: dict | None = field(default=None, metadata={"help": "LlamaGenVQVAEConfig overrides, as JSON"})
@@ -226,6 +227,22 @@ class TokenizerTrainingArguments(RunArguments):
     train_batch_size: int = 16
     adam_weight_decay: float = 0.0  # LlamaGen parses --weight-decay for the tokenizer but never uses it
     validation_images: int = 8
+    # perceptual loss: LPIPS-VGG from local files (none ship in any package here)
+    perceptual_weight: float = 1.0
+    perceptual_vgg16: str | None = field(default=None, metadata={"help": "torchvision VGG16 ImageNet weights (.pth/.safetensors)"})
+    perceptual_lpips: str | None = field(default=None, metadata={"help": "the lpips package's vgg.pth (linear layers)"})
+    # PatchGAN discriminator, hinge loss (LlamaGen: weight 0.5 from step 20000, its own Adam)
+    disc_start: int = 20000
+    disc_weight: float = 0.5
+    disc_learning_rate: float | None = field(default=None, metadata={"help": "default: --learning_rate"})
+    disc_layers: int = 3
+    disc_base_channels: int = 64
+    # EMA of the tokenizer weights, exported instead of the raw ones when set (LlamaGen: 0.9999, off by default)
+    ema_decay: float | None = None
+    # held-out evaluation: PSNR, SSIM and codebook usage
+    eval_data_files: str | None = field(default=None, metadata={"help": "held-out shards; with --embedded_dataset_dir its test shard"})
+    eval_steps: int = 0
+    eval_images: int = 256
 
     def __post_init__(self):
         super().__post_init__()
@@ -233,6 +250,19 @@ class TokenizerTrainingArguments(RunArguments):
             raise ValueError(f"--reconstruction_loss must be l1 or l2, got {self.reconstruction_loss!r}")
         if not 0 < self.min_crop_fraction <= 1:
             raise ValueError(f"--min_crop_fraction must lie in (0, 1], got {self.min_crop_fraction}")
+        if (self.perceptual_vgg16 is None) != (self.perceptual_lpips is None):
+            raise ValueError("give both --perceptual_vgg16 and --perceptual_lpips, or neither")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.uses_discriminator and self.gradient_accumulation_steps > 1:
+            raise ValueError("the discriminator steps once per batch: use --gradient_accumulation_steps 1 with it")
+        if self.disc_start < self.max_train_steps and self.image_size < 2 ** (self.disc_layers + 2):
+            raise ValueError(f"--image_size {self.image_size} is too small for a {self.disc_layers}-layer discriminator "
+                             f"(needs >= {2 ** (self.disc_layers + 2)}); lower --disc_layers")
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.disc_start < self.max_train_steps and self.disc_weight > 0
 
     def check_model(self, config) -> None:
         factor = config.downsample_factor
