@@ -16,10 +16,11 @@ import json
 import time
 from pathlib import Path
 
+import PIL.Image
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -46,12 +47,12 @@ def load_data(args: ARTrainingArguments, accelerator: Accelerator):
         dataset = load_stream(data_files=args.train_codes) if is_local else load_stream(args.train_codes, split=args.split)
     else:
         dataset = load_image_dataset(args, accelerator.main_process_first)
-    columns = {"label_column": args.label_column}
-    columns["image_column" if args.train_codes is None else "codes_column"] = (
-        args.image_column if args.train_codes is None else "codes")
-    check_columns(dataset, **columns)
     names = class_names(dataset, args.label_column)
-    return (dataset.decode(False) if args.train_codes is None else dataset), names
+    if args.train_codes is not None:
+        check_columns(dataset, label_column=args.label_column, train_codes="codes")
+        return dataset, names
+    check_columns(dataset, label_column=args.label_column, image_column=args.image_column)
+    return dataset.decode(False), names  # images are decoded by the transform, which skips broken ones
 
 
 def build_transform(args: ARTrainingArguments, num_classes: int):
@@ -94,7 +95,7 @@ def build_model(args: ARTrainingArguments, vocab_size: int, grid_size: int, num_
                                                       **(args.model_config or {}))
 
 
-def sample_grid(args, student, vqvae, id2label, step) -> "PIL.Image.Image":  # noqa: F821
+def sample_grid(args, student, vqvae, id2label) -> PIL.Image.Image:
     """One row per class (up to validation_max_classes), images seeded by their position."""
     student.eval()
     pipe = STARPipeline(transformer=student, vqvae=vqvae, id2label=id2label)
@@ -122,7 +123,6 @@ def main(args: ARTrainingArguments) -> None:
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
@@ -265,19 +265,19 @@ def main(args: ARTrainingArguments) -> None:
             save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, stream)
         if accelerator.is_main_process and (
                 (args.validation_steps and step % args.validation_steps == 0) or step == args.max_train_steps):
-            grid = sample_grid(args, accelerator.unwrap_model(student), vqvae, id2label, step)
+            grid = sample_grid(args, accelerator.unwrap_model(student), vqvae, id2label)
             log_image(accelerator, "samples", grid, step, output_dir / "samples")
         if args.export_steps and step % args.export_steps == 0 and step < args.max_train_steps:
-            export(args, accelerator, student, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader)
+            export(args, accelerator, student, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader, step)
 
     # Export the student (not the teacher, projector or optimiser) as a STARPipeline
-    export(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader)
+    export(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, progress.global_step)
     if uploader is not None:
         uploader.wait()
     accelerator.end_training()
 
 
-def export(args, accelerator, student, vqvae, id2label, directory, stream, uploader) -> None:
+def export(args, accelerator, student, vqvae, id2label, directory, stream, uploader, step: int) -> None:
     """Writes the student (not the teacher, projector or optimiser) as a STARPipeline with its model card, and queues
     its upload. Every process reports its data digest and weight checksum for the summary."""
     unwrapped = accelerator.unwrap_model(student)
@@ -285,7 +285,7 @@ def export(args, accelerator, student, vqvae, id2label, directory, stream, uploa
     digests = accelerator.gather(torch.tensor([stream.digest, stream.counts["examples"]], device=accelerator.device))
     checksums = accelerator.gather(checksum[None].to(accelerator.device))
     summary = {
-        "steps": args.max_train_steps, "images_per_process": digests.view(-1, 2)[:, 1].tolist(),
+        "steps": step, "images_per_process": digests.view(-1, 2)[:, 1].tolist(),
         "data_digest_per_process": digests.view(-1, 2)[:, 0].tolist(),
         "weights_identical_across_processes": bool((checksums == checksums[0]).all()),
         "arguments": {k: v for k, v in vars(args).items()},
