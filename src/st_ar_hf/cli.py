@@ -1,7 +1,9 @@
-"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt ...`, `st-ar sample ...`."""
+"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt ...`, `st-ar sample ...`, `st-ar evaluate ...`."""
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -38,7 +40,24 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     sample.add_argument("--compile", action="store_true", help="torch.compile the decoding step")
     sample.add_argument("--out", required=True, help="PNG file for the grid (one row per label)")
+
+    evaluate = commands.add_parser("evaluate", help="FID, sFID, IS, precision and recall of an ADM-format sample batch")
+    evaluate.add_argument("--samples", required=True, help=".npz with uint8 [N, H, W, 3] images under arr_0")
+    evaluate.add_argument("--reference", required=True, help="reference batch in the same format and resolution")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--out", help="also write the results to this JSON file")
     return parser
+
+
+def _evaluate(args) -> str:
+    from .evaluation import evaluate_generation, load_image_batch
+
+    results = evaluate_generation(load_image_batch(args.samples, "--samples"),
+                                  load_image_batch(args.reference, "--reference"), batch_size=args.batch_size)
+    text = json.dumps(results, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return text
 
 
 def _sample(args) -> str:
@@ -67,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from .convert import convert_llamagen_gpt, convert_llamagen_vq
 
     try:
-        if args.command == "sample":
-            print(_sample(args))
+        if args.command in ("sample", "evaluate"):
+            print(_sample(args) if args.command == "sample" else _evaluate(args))
             return 0
         if args.kind == "llamagen-vq":
             model = convert_llamagen_vq(args.checkpoint, output_dir=args.output)

