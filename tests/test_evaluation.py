@@ -124,3 +124,29 @@ def test_st_ar_evaluate_cli(tmp_path, capsys):
     _npz(tmp_path / "bad.npz", np.zeros((2, 32, 32, 3), np.float32))
     assert cli_main(["evaluate", "--samples", str(tmp_path / "bad.npz"), "--reference", str(tmp_path / "reference.npz")]) == 2
     assert "st-ar evaluate: error: --samples" in capsys.readouterr().err
+
+
+def test_sample_ddp_writes_the_same_set_for_one_and_two_processes(tmp_path, tiny_gpt, tiny_vq):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from st_ar_hf import STARPipeline
+
+    STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq, id2label={i: str(i) for i in range(10)}).save_pretrained(tmp_path / "pipe")
+    root = Path(__file__).resolve().parents[1]
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    common = [str(root / "training" / "sample_ddp.py"), "--model", str(tmp_path / "pipe"), "--num_samples", "7",
+              "--batch_size", "2", "--per_class", "--resize", "12"]
+    runs = {1: ["--num_processes", "1"], 2: ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29633"]}
+    for processes, flags in runs.items():
+        run = subprocess.run([accelerate, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
+                              "no", *flags, *common, "--out", str(tmp_path / f"s{processes}.npz")],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    one, two = load_image_batch(tmp_path / "s1.npz"), load_image_batch(tmp_path / "s2.npz")
+    assert one.shape == (7, 12, 12, 3) and np.array_equal(one, two)
+    assert np.load(tmp_path / "s1.npz")["arr_1"].tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert len({image.tobytes() for image in one}) == 7  # every image drawn from its own generator

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Distributed class-conditional sampling into an ADM-format `.npz` (uint8 [N, H, W, 3] under `arr_0`, labels under
+`arr_1`) for `st-ar evaluate`.
+
+    accelerate launch training/sample_ddp.py --model org/st-ar-b-256 --num_samples 50000 --guidance_scale 2.0 --out samples.npz
+
+Image i has label i % num_classes (`--per_class`) or a label drawn uniformly from a generator seeded with `--seed`,
+and is decoded from its own generator seeded with seed + i: the set is the same for any number of processes and
+any batch size. Each process samples the indices i = process_index (mod num_processes). `--resize 256` resizes
+(bicubic, as LlamaGen's evaluation of its 384 px models) before saving.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from st_ar_hf import STARPipeline
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="STARPipeline folder or Hub repo id")
+    parser.add_argument("--out", required=True, help="the .npz to write")
+    parser.add_argument("--num_samples", type=int, default=50000)
+    parser.add_argument("--per_class", action="store_true", help="labels i % num_classes instead of uniform random")
+    parser.add_argument("--guidance_scale", type=float, default=2.0)
+    parser.add_argument("--cfg_interval", type=int, default=-1)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--batch_size", type=int, default=32, help="images per forward and process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resize", type=int, default=None, help="resize to this size (bicubic) before saving")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    args = parser.parse_args(argv)
+    for name in ("num_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.resize is not None and args.resize < 1:
+        parser.error(f"--resize must be >= 1, got {args.resize}")
+    return args
+
+
+def main(args) -> None:
+    accelerator = Accelerator()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    pipe = STARPipeline.from_pretrained(args.model).to(accelerator.device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    num_classes = pipe.transformer.config.num_classes
+    labels = (np.arange(args.num_samples) % num_classes if args.per_class else
+              np.random.default_rng(args.seed).integers(0, num_classes, args.num_samples))
+    mine = np.arange(accelerator.process_index, args.num_samples, accelerator.num_processes)  # this process's indices
+
+    images = []
+    for start in tqdm(range(0, len(mine), args.batch_size), disable=not accelerator.is_local_main_process):
+        indices = mine[start : start + args.batch_size]
+        out = pipe(labels[indices].tolist(), guidance_scale=args.guidance_scale, cfg_interval=args.cfg_interval,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, output_type="pil",
+                   generator=[torch.Generator().manual_seed(args.seed + int(i)) for i in indices])
+        if args.resize is not None:
+            out.images = [image.resize((args.resize, args.resize), PIL.Image.BICUBIC) for image in out.images]
+        images.append(np.stack([np.asarray(image, dtype=np.uint8) for image in out.images]))
+    local = torch.from_numpy(np.concatenate(images)).to(accelerator.device)  # [n_i, H, W, 3]
+
+    # every process holds ceil or floor of N / P images: pad to the same count for the gather, then interleave back
+    per_process = -(-args.num_samples // accelerator.num_processes)
+    padded = torch.zeros((per_process, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    gathered = accelerator.gather(padded[None]).cpu().numpy()  # [P, per_process, H, W, 3]
+    if accelerator.is_main_process:
+        samples = gathered.transpose(1, 0, 2, 3, 4).reshape(-1, *local.shape[1:])[: args.num_samples]  # index order
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.out, arr_0=samples, arr_1=labels)
+        print(f"wrote {len(samples)} images of {samples.shape[1]}x{samples.shape[2]} to {args.out}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_args())
