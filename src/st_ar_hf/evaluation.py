@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .metrics import frechet_distance, gaussian_statistics, inception_score, precision_recall
 
 logger = logging.getLogger(__name__)
+EVALUATE_MODULE = str(Path(__file__).with_name("evaluate_adm.py"))  # `evaluate.load(EVALUATE_MODULE)`
 
 
 def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarray:

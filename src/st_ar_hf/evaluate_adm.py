@@ -1,0 +1,39 @@
+"""The generation metrics of `st_ar_hf.evaluation` as an `evaluate` metric module, loaded from this file:
+
+    import evaluate
+    from st_ar_hf.evaluation import EVALUATE_MODULE
+    metric = evaluate.load(EVALUATE_MODULE)
+    metric.compute(predictions=sample_images, references=reference_images)   # uint8 [H, W, 3] arrays or PIL images
+
+`evaluate` copies this file and imports it on its own, so it imports st_ar_hf absolutely.
+"""
+
+import datasets
+import evaluate
+import numpy as np
+
+from st_ar_hf.evaluation import evaluate_generation
+
+_DESCRIPTION = """FID, sFID, Inception Score, precision and recall (k = 3) by the ADM evaluator's protocol, on the
+offline EfficientNet-Lite0 feature network (named in the result; not comparable with Inception FIDs)."""
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: generated images, uint8 [H, W, 3] (arrays or PIL images).
+    references: reference images of the same size.
+Returns:
+    fid, sfid, inception_score, precision, recall, num_samples, num_reference, feature_network.
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class EvaluateADM(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION, citation="", inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
+        )
+
+    def _compute(self, predictions, references):
+        samples = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in predictions])
+        reference = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in references])
+        return evaluate_generation(samples, reference)
