@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Baseline against ST-AR on the embedded digits, equal steps and sequences per step: trains both (the ST-AR run is
 # the embedded default and is reused when present), probes layer 2 at five AR steps, samples 50 digits per class
-# and compares them with the 500 test digits (EfficientNet-Lite0 features; not Inception). Results in runs/compare.
+# and compares them with the 500 test digits (EfficientNet-Lite0 features; not Inception), and measures where each
+# layer attends (training/attention_maps.py). Results in runs/compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
@@ -23,4 +24,6 @@ for run in default default_baseline; do
       --out runs/compare/$run/samples.npz
   st-ar evaluate --samples runs/compare/$run/samples.npz --reference runs/compare/reference.npz \
       --out runs/compare/$run/generation.json
+  python training/attention_maps.py --model runs/$run/pipeline --embedded_dataset_dir runs/data/mnist5k \
+      --output_dir runs/compare/$run/attention
 done

@@ -64,3 +64,20 @@ def test_linear_probe_script_on_embedded_digits(tmp_path, tiny_gpt, tiny_vq):
     assert set(results["top1"]) == {"1", "8", "16"} and results["num_train"] == 300 and results["num_eval"] == 100
     assert all(0.0 <= value <= 1.0 for value in results["top1"].values())
     assert (tmp_path / "probe" / "probe.png").stat().st_size > 1000
+
+
+def test_attention_analysis_masses_sum_to_one_and_maps_are_written(tmp_path, tiny_gpt, tiny_vq):
+    spec = importlib.util.spec_from_file_location("attention_maps", ROOT / "training" / "attention_maps.py")
+    attention_maps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(attention_maps)
+    write_embedded_dataset(tmp_path / "mnist")
+    STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq, id2label={i: str(i) for i in range(10)}).save_pretrained(tmp_path / "pipe")
+    flags = ["--embedded_dataset_dir", str(tmp_path / "mnist"), "--model", str(tmp_path / "pipe"), "--num_images", "4",
+             "--output_dir", str(tmp_path / "attention")]
+    summary = attention_maps.main(parse_arguments(attention_maps.AttentionArguments, flags))
+    assert len(summary["class_token"]) == 2  # one entry per layer
+    for masses in zip(*summary.values()):
+        assert sum(masses) == pytest.approx(1.0, abs=1e-5) and min(masses) >= 0
+    assert (tmp_path / "attention" / "attention_maps.png").is_file() and (tmp_path / "attention" / "receptive_field.png").is_file()
+    with pytest.raises(ValueError, match="--query_step 17 is outside 1..16"):
+        attention_maps.main(parse_arguments(attention_maps.AttentionArguments, [*flags, "--query_step", "17"]))
