@@ -171,7 +171,9 @@ def test_extracted_code_shards_train_and_resume_interrupted_extraction(assets, t
     assert torch.equal(direct, torch.tensor(codes[0]["codes"])) and codes[0]["label"] == example["label"]
     assert "24 images of the embedded MNIST-5k digits" in (tmp_path / "codes" / "README.md").read_text()
 
+    info = json.loads((tmp_path / "codes" / "codes_info.json").read_text())
+    assert info["vqvae"] == str((assets / "vqvae").resolve()) and info["grid_size"] == 4 and info["num_crops"] == 10
     run = _launch(_config(assets, tmp_path, embedded_dataset_dir=None, train_codes=str(tmp_path / "codes"),
-                          max_train_steps=2))
+                          vqvae=None, max_train_steps=2))  # the tokenizer comes from codes_info.json
     assert run.returncode == 0, run.stderr[-3000:]
     assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2]

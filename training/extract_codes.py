@@ -100,6 +100,11 @@ def main(args: ExtractCodesArguments) -> None:
         examples, skipped = totals.tolist()
         logger.info(f"{examples} images encoded into {output_dir}, {skipped} undecodable images skipped")
         source = args.dataset or args.train_data_files or f"the embedded MNIST-5k digits ({args.embedded_dataset_dir})"
+        vqvae_path = Path(args.vqvae)
+        (output_dir / "codes_info.json").write_text(json.dumps({  # lets train.py find the tokenizer of these codes
+            "vqvae": str(vqvae_path.resolve()) if vqvae_path.is_dir() else args.vqvae, "image_size": args.image_size,
+            "num_crops": num_crops, "grid_size": int(num_tokens**0.5), "codebook_size": vqvae.config.codebook_size,
+        }, indent=2) + "\n")
         code_shards_card(vqvae=args.vqvae, source=source, image_size=args.image_size, crop_range=args.crop_range,
                          num_crops=num_crops, grid_size=int(num_tokens**0.5), codebook_size=vqvae.config.codebook_size,
                          num_examples=examples, num_skipped=skipped).save(output_dir / "README.md")

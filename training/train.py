@@ -31,7 +31,8 @@ from st_ar_hf.model_cards import pipeline_model_card
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments
 from st_ar_hf.training.checkpointing import BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
 from st_ar_hf.training.data import (
-    ExampleStream, check_columns, crop_views, class_names, decode_image, load_image_dataset, load_stream, to_pixel_values,
+    ExampleStream, check_columns, class_names, crop_views, decode_image, load_image_dataset, load_stream,
+    read_codes_info, to_pixel_values,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.tracking import log_image, make_grid
@@ -112,7 +113,12 @@ def sample_grid(args, student, vqvae, id2label) -> PIL.Image.Image:
 def main(args: ARTrainingArguments) -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if args.vqvae is None:  # train a tokenizer first (resumable), in these processes, with its own Accelerator
+    if args.train_codes is not None and args.vqvae is None:  # the tokenizer that made the codes, at their size
+        info = read_codes_info(args.train_codes)
+        args.vqvae = info["vqvae"]
+        if info["image_size"] != args.image_size:
+            raise ValueError(f"--image_size {args.image_size} differs from the {info['image_size']} px of --train_codes")
+    elif args.vqvae is None:  # train a tokenizer first (resumable), in these processes, with its own Accelerator
         args.vqvae = str(output_dir / "tokenizer" / "vqvae")
         if not Path(args.vqvae).is_dir():
             train_tokenizer.main(parse_arguments(TokenizerTrainingArguments, [

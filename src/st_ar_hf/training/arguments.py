@@ -149,7 +149,8 @@ class ARTrainingArguments(RunArguments):
     num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's ClassLabel count"})
     crop_range: float = field(default=1.1, metadata={"help": "images: centre crop to crop_range * image_size, then ten crops"})
     # models
-    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE folder or Hub id (also with --train_codes)"})
+    vqvae: str | None = field(
+        default=None, metadata={"help": "LlamaGenVQVAE folder or Hub id; with --train_codes, default: the one that made them"})
     tokenizer_config: str | None = field(
         default=None, metadata={"help": "without --vqvae: train one first with this train_tokenizer.py YAML"})
     model: str = field(default="B", metadata={"help": "a preset (B, L, XL, XXL, 3B) or a pretrained LlamaGen folder"})
@@ -178,8 +179,10 @@ class ARTrainingArguments(RunArguments):
         super().__post_init__()
         if self.vqvae is not None and self.tokenizer_config is not None:
             raise ValueError("give --vqvae or --tokenizer_config, not both")
-        if self.vqvae is None and (self.tokenizer_config is None or self.train_codes is not None):
-            raise ValueError("give --vqvae (the tokenizer of the codes or images), or --tokenizer_config with images")
+        if self.vqvae is None and self.tokenizer_config is None and self.train_codes is None:
+            raise ValueError("training on images needs --vqvae, or --tokenizer_config to train one first")
+        if self.tokenizer_config is not None and self.train_codes is not None:
+            raise ValueError("--train_codes come with their tokenizer (codes_info.json or --vqvae): drop --tokenizer_config")
         for name in ("ar_weight", "mim_weight", "step_weight", "view_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")

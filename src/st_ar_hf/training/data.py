@@ -7,6 +7,7 @@ import glob
 import gzip
 import importlib.resources
 import io
+import json
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -44,6 +45,20 @@ def load_image_dataset(args, main_process_first=contextlib.nullcontext) -> Itera
             write_embedded_dataset(args.embedded_dataset_dir)
         return load_stream(data_files=str(Path(args.embedded_dataset_dir) / "train-*.parquet"))
     return load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
+
+
+def read_codes_info(train_codes: str) -> dict:
+    """`codes_info.json` of a folder or Hub dataset of code shards written by `extract_codes.py` (tokenizer, image
+    size, crops, grid)."""
+    if Path(train_codes).is_dir():
+        path = Path(train_codes) / "codes_info.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(train_codes, "codes_info.json", repo_type="dataset"))
+    if not path.is_file():
+        raise ValueError(f"--train_codes {train_codes} has no codes_info.json (not written by extract_codes.py?): give --vqvae")
+    return json.loads(path.read_text())
 
 
 def check_columns(dataset: IterableDataset, **columns: str) -> None:
