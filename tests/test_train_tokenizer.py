@@ -30,7 +30,7 @@ def test_hinge_losses_by_hand():
     assert hinge_generator_loss(fake).item() == pytest.approx(1 / 3)
 
 
-def test_patchgan_gives_patch_logits_and_rejects_nothing_it_can_see():
+def test_patchgan_gives_one_logit_per_patch():
     torch.manual_seed(0)
     discriminator = PatchGANDiscriminator(base_channels=8, num_layers=3)
     assert discriminator(torch.randn(2, 3, 32, 32)).shape == (2, 1, 2, 2)

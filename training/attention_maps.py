@@ -21,7 +21,7 @@ import torch
 
 from st_ar_hf import LlamaGenForImageGeneration, STARPipeline
 from st_ar_hf.training.arguments import DataArguments, parse_arguments
-from st_ar_hf.training.data import center_crop_arr, decode_image, load_image_dataset, to_pixel_values
+from st_ar_hf.training.data import center_crops, load_image_dataset, to_pixel_values
 
 
 @dataclass
@@ -50,15 +50,9 @@ def main(args: AttentionArguments) -> dict:
     if not 1 <= query_step <= config.block_size:
         raise ValueError(f"--query_step {query_step} is outside 1..{config.block_size}")
     image_size = grid * pipe.vqvae.config.downsample_factor
-    images, labels = [], []
-    for example in load_image_dataset(args).decode(False):
-        image = decode_image(example[args.image_column])
-        if image is not None:
-            images.append(center_crop_arr(image, image_size))
-            labels.append(int(example[args.label_column]))
-        if len(images) == args.num_images:
-            break
-    tokens = pipe.vqvae.encode(to_pixel_values(images)).indices.flatten(1)  # [N, T]
+    crops = center_crops(load_image_dataset(args).decode(False), args.image_column, image_size, args.label_column)
+    images, labels = zip(*[crop for _, crop in zip(range(args.num_images), crops)])
+    tokens = pipe.vqvae.encode(to_pixel_values(list(images))).indices.flatten(1)  # [N, T]
     out = gpt(input_ids=tokens[:, :-1], class_labels=torch.tensor(labels), output_attentions=True, logits_to_keep=1)
     prefix = config.cls_token_num
     # query q (predicting token q - prefix + 1) sees keys 0..q: the class token(s), then image tokens 0..q - prefix

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from st_ar_hf import STARPipeline
 from st_ar_hf.training.arguments import DataArguments, parse_arguments
 from st_ar_hf.training.data import (
-    center_crop_arr, check_columns, decode_image, load_image_dataset, load_stream, to_pixel_values,
+    center_crops, check_columns, load_image_dataset, load_stream, to_pixel_values,
 )
 
 
@@ -84,12 +84,10 @@ def extract_features(args, pipe, dataset, limit, accelerator) -> tuple[torch.Ten
         images.clear(), batch_labels.clear()
 
     per_process = None if limit is None else -(-limit // accelerator.num_processes)
-    for example in tqdm(shard, disable=not accelerator.is_local_main_process, desc="features"):
-        image = decode_image(example[args.image_column])
-        if image is None:
-            continue
-        images.append(center_crop_arr(image, image_size))
-        batch_labels.append(int(example[args.label_column]))
+    crops = center_crops(shard, args.image_column, image_size, args.label_column)
+    for image, label in tqdm(crops, disable=not accelerator.is_local_main_process, desc="features"):
+        images.append(image)
+        batch_labels.append(label)
         if len(images) == args.batch_size:
             flush()
         if per_process is not None and len(labels) + len(images) >= per_process:

@@ -35,7 +35,7 @@ from st_ar_hf.training.data import (
     read_codes_info, to_pixel_values,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
-from st_ar_hf.training.tracking import log_image, make_grid
+from st_ar_hf.training.tracking import log_image, log_metrics, make_grid
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 logger = get_logger(__name__)
@@ -199,7 +199,6 @@ def main(args: ARTrainingArguments) -> None:
     logger.info(f"  steps: {args.max_train_steps} (from {progress.global_step}), lr {learning_rate:g}")
 
     # Train!
-    metrics_file = output_dir / "metrics.jsonl"
     batches = iter(stream)
     totals, step_start, images_seen = {}, time.perf_counter(), 0
     bar = tqdm(total=args.max_train_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process)
@@ -261,11 +260,8 @@ def main(args: ARTrainingArguments) -> None:
                 "tokens/batch_perplexity": torch.exp(torch.special.entr(used / used.sum()).sum()).item(),
                 "data/skipped_images": data_counts[0], "data/upscaled_images": data_counts[1],
             })
-            accelerator.log(logs, step=step)
+            log_metrics(accelerator, logs, step, output_dir / "metrics.jsonl")
             bar.set_postfix(loss=f"{logs['loss/loss']:.4f}")
-            if accelerator.is_main_process:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps({"step": step, **logs}) + "\n")
             totals, step_start, images_seen = {}, time.perf_counter(), 0
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
             save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, stream)

@@ -13,7 +13,6 @@ reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook usa
 """
 
 import copy
-import json
 import shutil
 import time
 from pathlib import Path
@@ -37,11 +36,11 @@ from st_ar_hf.training.checkpointing import (
     BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint,
 )
 from st_ar_hf.training.data import (
-    ExampleStream, center_crop_arr, check_columns, decode_image, load_image_dataset, load_stream, random_crop_arr,
+    ExampleStream, center_crops, check_columns, decode_image, load_image_dataset, load_stream, random_crop_arr,
     to_pixel_values,
 )
 from st_ar_hf.training.losses import update_ema
-from st_ar_hf.training.tracking import log_image, make_grid
+from st_ar_hf.training.tracking import log_image, log_metrics, make_grid
 from st_ar_hf.training.vq_losses import LPIPS, PatchGANDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 
 logger = get_logger(__name__)
@@ -73,14 +72,8 @@ def load_eval_pixels(args: TokenizerTrainingArguments) -> torch.Tensor | None:
     files = args.eval_data_files or (args.embedded_dataset_dir and str(Path(args.embedded_dataset_dir) / "test-*.parquet"))
     if not args.eval_steps or files is None:
         return None
-    images = []
-    for example in load_stream(data_files=files).decode(False):
-        image = decode_image(example[args.image_column])
-        if image is not None:
-            images.append(center_crop_arr(image, args.image_size))
-        if len(images) == args.eval_images:
-            break
-    return to_pixel_values(images)
+    crops = center_crops(load_stream(data_files=files).decode(False), args.image_column, args.image_size)
+    return to_pixel_values([image for _, (image, _) in zip(range(args.eval_images), crops)])
 
 
 @torch.no_grad()
@@ -158,7 +151,6 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 f"{f'from step {args.disc_start}' if discriminator is not None else 'off'}")
 
     # Train!
-    metrics_file = output_dir / "metrics.jsonl"
     batches = iter(stream)
     totals, code_counts, step_start, images_seen = {}, torch.zeros(codebook_size), time.perf_counter(), 0
     bar = tqdm(total=args.max_train_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process,
@@ -219,11 +211,8 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
             if eval_pixels is not None and (step % args.eval_steps == 0 or step == args.max_train_steps):
                 logs.update(evaluate((ema or accelerator.unwrap_model(vqvae)).eval(), eval_pixels, args.train_batch_size))
                 vqvae.train()
-            accelerator.log(logs, step=step)
+            log_metrics(accelerator, logs, step, output_dir / "metrics.jsonl")
             bar.set_postfix(reconstruction=f"{logs['loss/reconstruction']:.4f}", usage=f"{logs['codebook/usage']:.2f}")
-            if accelerator.is_main_process:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps({"step": step, **logs}) + "\n")
             totals, code_counts, step_start, images_seen = {}, torch.zeros(codebook_size), time.perf_counter(), 0
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
             save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, stream)

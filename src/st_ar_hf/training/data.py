@@ -130,6 +130,14 @@ def ten_crop(image: PIL.Image.Image, size: int) -> list[PIL.Image.Image]:
     return crops
 
 
+def center_crops(dataset: IterableDataset, image_column: str, image_size: int, label_column: str | None = None):
+    """(centre crop, label or None) for every decodable example of an undecoded stream, in order."""
+    for example in dataset:
+        image = decode_image(example[image_column])
+        if image is not None:
+            yield center_crop_arr(image, image_size), (None if label_column is None else int(example[label_column]))
+
+
 def crop_views(image: PIL.Image.Image, image_size: int, crop_range: float = 1.1, ten: bool = True) -> list[PIL.Image.Image]:
     """LlamaGen's pre-tokenisation views: the ten crops of the centre crop to int(image_size * crop_range) (`ten`),
     or the centre crop to image_size and its horizontal flip."""

@@ -1,5 +1,6 @@
-"""Image grids for the trackers and the output folder."""
+"""Metrics and image grids for the trackers and the output folder."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,14 @@ def make_grid(images: np.ndarray, columns: int, padding: int = 2, scale: int = 1
         top, left = padding + (i // columns) * (height + padding), padding + (i % columns) * (width + padding)
         grid[top : top + height, left : left + width] = image
     return PIL.Image.fromarray((grid * 255).round().astype(np.uint8))
+
+
+def log_metrics(accelerator, logs: dict, step: int, metrics_file: str | Path) -> None:
+    """To the trackers, and one JSON line per log step in `metrics_file` (main process)."""
+    accelerator.log(logs, step=step)
+    if accelerator.is_main_process:
+        with Path(metrics_file).open("a") as f:
+            f.write(json.dumps({"step": step, **logs}) + "\n")
 
 
 def log_image(accelerator, name: str, image: PIL.Image.Image, step: int, save_dir: str | Path | None = None) -> None:
