@@ -22,7 +22,7 @@ for run in default default_baseline; do
       --steps 1,9,18,27,36 --epochs 30 --learning_rate 0.01 --output_dir runs/compare/$run
   launch training/sample_ddp.py --model runs/$run/pipeline --num_samples 500 --per_class --guidance_scale 2.0 \
       --out runs/compare/$run/samples.npz
-  st-ar evaluate --samples runs/compare/$run/samples.npz --reference runs/compare/reference.npz \
+  st-ar evaluate --feature-network efficientnet-lite0 --samples runs/compare/$run/samples.npz --reference runs/compare/reference.npz \
       --out runs/compare/$run/generation.json
   python training/attention_maps.py --model runs/$run/pipeline --embedded_dataset_dir runs/data/mnist5k \
       --output_dir runs/compare/$run/attention

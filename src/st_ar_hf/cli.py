@@ -44,16 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="FID, sFID, IS, precision and recall of an ADM-format sample batch")
     evaluate.add_argument("--samples", required=True, help=".npz with uint8 [N, H, W, 3] images under arr_0")
     evaluate.add_argument("--reference", required=True, help="reference batch in the same format and resolution")
+    evaluate.add_argument("--feature-network", choices=["inception", "efficientnet-lite0"],
+                          help="default: ADM's Inception-v3 when its weights are found, else EfficientNet-Lite0 (warned)")
+    evaluate.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or torch-fidelity's "
+                          "weights-inception-2015-12-05-6726825d.pth; default $ST_AR_INCEPTION_WEIGHTS or torch's hub cache")
+    evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--out", help="also write the results to this JSON file")
     return parser
 
 
 def _evaluate(args) -> str:
-    from .evaluation import evaluate_generation, load_image_batch
+    from .evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch
 
-    results = evaluate_generation(load_image_batch(args.samples, "--samples"),
-                                  load_image_batch(args.reference, "--reference"), batch_size=args.batch_size)
+    samples, reference = load_image_batch(args.samples, "--samples"), load_image_batch(args.reference, "--reference")
+    network = feature_network(args.feature_network, args.inception_weights).to(args.device)
+    results = evaluate_generation(samples, reference, network, args.batch_size, load_adm_statistics(args.samples),
+                                  load_adm_statistics(args.reference))
     text = json.dumps(results, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

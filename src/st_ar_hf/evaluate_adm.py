@@ -14,8 +14,9 @@ import numpy as np
 
 from st_ar_hf.evaluation import evaluate_generation
 
-_DESCRIPTION = """FID, sFID, Inception Score, precision and recall (k = 3) by the ADM evaluator's protocol, on the
-offline EfficientNet-Lite0 feature network (named in the result; not comparable with Inception FIDs)."""
+_DESCRIPTION = """FID, sFID, Inception Score, precision and recall (k = 3) by the ADM evaluator's protocol, on ADM's
+Inception-v3 when its weights are found ($ST_AR_INCEPTION_WEIGHTS or torch's hub cache), else on the offline
+EfficientNet-Lite0 (not comparable with published FIDs); the result names the network."""
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: generated images, uint8 [H, W, 3] (arrays or PIL images).

