@@ -265,7 +265,7 @@ class _StatisticsReader(_TinyNetwork):
     reads_adm_statistics = True
 
 
-def test_stored_adm_statistics_replace_the_reference_images_for_inception(tmp_path):
+def test_stored_adm_statistics_replace_the_reference_images_for_inception(tmp_path, caplog):
     rng = np.random.default_rng(0)
     samples, reference = rng.integers(0, 256, (2, 40, 16, 16, 3), dtype=np.uint8)
     features = _TinyNetwork()(torch.from_numpy(reference))
@@ -279,7 +279,9 @@ def test_stored_adm_statistics_replace_the_reference_images_for_inception(tmp_pa
     assert results["fid"] == pytest.approx(frechet_distance(*sample_pool, stored["mu"], stored["sigma"]), rel=1e-9)
     assert results["stored_statistics"] == ["reference"]
     # precision / recall still use the reference images, and a network that is not ADM's Inception ignores the stats
-    ignored = evaluate_generation(samples, reference, _TinyNetwork(), reference_statistics=stored)
+    with caplog.at_level("WARNING"):
+        ignored = evaluate_generation(samples, reference, _TinyNetwork(), reference_statistics=stored)
+    assert "--reference stores ADM Inception statistics; tiny random conv net" in caplog.text
     assert ignored["fid"] == pytest.approx(frechet_distance(*sample_pool, *gaussian_statistics(features["pool"])), rel=1e-9)
     assert ignored["recall"] == results["recall"] and ignored["stored_statistics"] == []
     with pytest.raises(ValueError, match="--reference: stored mu \\[4\\]"):

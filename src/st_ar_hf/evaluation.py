@@ -112,6 +112,8 @@ def evaluate_generation(samples: np.ndarray, reference: np.ndarray, network=None
     statistics = {}
     for name, features, given in (("--samples", sample_features, sample_statistics),
                                   ("--reference", reference_features, reference_statistics)):
+        if given is not None and not stored:
+            logger.warning(f"{name} stores ADM Inception statistics; {network.name} cannot use them, so its images are used")
         for kind, metric, keys in (("pool", "FID", ("mu", "sigma")), ("spatial", "sFID", ("mu_s", "sigma_s"))):
             if stored and given is not None:
                 mean, covariance = (torch.as_tensor(given[key], dtype=torch.float64) for key in keys)
