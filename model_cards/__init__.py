@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import yaml
+from huggingface_hub import SpaceCard, SpaceCardData
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent
@@ -83,3 +84,24 @@ def code_shards_card(vqvae: str, source: str, **facts) -> DatasetCard:
                                 configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "train-*.parquet"}]}])
     return DatasetCard.from_template(card_data, template_path=str(TEMPLATES / "code_shards.md"), vqvae=vqvae,
                                      source=source, **facts)
+
+def space_card(model_id: str, hardware: str = "a10g-small", sdk_version: str = "6.31.0") -> SpaceCard:
+    """README of the Gradio Space in `spaces/` (app.py) for the `STARPipeline` repo `model_id`; `sdk_version` is the
+    gradio release Spaces installs (the one the `demo` extra pins)."""
+    card_data = SpaceCardData(
+        title="ST-AR image generation",
+        emoji="🎨",
+        colorFrom="indigo",
+        colorTo="purple",
+        sdk="gradio",
+        sdk_version=sdk_version,
+        python_version="3.11",
+        app_file="app.py",
+        pinned=False,
+        license="mit",
+        short_description="Class-conditional autoregressive image generation",
+        models=[model_id],
+        suggested_hardware=hardware,
+        tags=["st-ar-hf", "llamagen", "class-conditional-image-generation", "autoregressive"],
+    )
+    return SpaceCard.from_template(card_data, template_path=str(TEMPLATES / "space.md"), model_id=model_id)

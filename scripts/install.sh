@@ -6,5 +6,5 @@ python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q -c constraints.txt torch==2.13.0
-pip install -q -c constraints.txt -e ".[test,training,evaluation]"
+pip install -q -c constraints.txt -e ".[test,training,evaluation,demo]"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 TOKENIZERS_PARALLELISM=false
