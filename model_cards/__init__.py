@@ -1,26 +1,94 @@
-"""Model card templates (the `*.md` files beside this module), rendered with `huggingface_hub.ModelCard`."""
+"""Model card templates (the `*.md` files beside this module), rendered with `huggingface_hub.ModelCard`.
 
+Hub metadata: the Hub accepts only the tasks of its own list as `pipeline_tag`, and that list has no class-conditional
+generation, so generators are tagged `unconditional-image-generation` (the task of DiT-style pipelines; `text-to-image`
+would promise prompts) with a `class-conditional-image-generation` tag beside it; tokenizers map images to codes and
+are tagged `image-feature-extraction`.
+"""
+
+import math
+import re
 from pathlib import Path
 
 import yaml
 from huggingface_hub import SpaceCard, SpaceCardData
-from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+from st_ar_hf.configuration_llamagen import LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS
 
 TEMPLATES = Path(__file__).parent
+GENERATION_TASK = ("unconditional-image-generation", "Class-conditional image generation")  # (pipeline_tag, name)
+RECONSTRUCTION_TASK = ("image-feature-extraction", "Image reconstruction")
+IMAGENET, MNIST = "ILSVRC/imagenet-1k", "ylecun/mnist"  # the official checkpoints' data; the embedded digits' source
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+# results keys (those of `st-ar evaluate --out`, and rFID/PSNR/SSIM for tokenizers) -> metric names on the card
+METRICS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score", "precision": "Precision",
+           "recall": "Recall", "rfid": "rFID", "psnr": "PSNR (dB)", "ssim": "SSIM", "codebook_usage": "Codebook usage"}
+PIXEL_METRICS = ("psnr", "ssim", "codebook_usage")  # the others come from a feature network, which the name gives
 
 _CONVERTED = {
-    "gpt": ("LlamaGen class-conditional GPT", ["class-conditional-image-generation", "autoregressive"]),
-    "vq": ("LlamaGen VQ image tokenizer", ["image-tokenizer", "vector-quantization"]),
+    "gpt": ("LlamaGen class-conditional GPT", ["class-conditional-image-generation", "autoregressive"], GENERATION_TASK),
+    "vq": ("LlamaGen VQ image tokenizer", ["image-tokenizer", "vector-quantization"], RECONSTRUCTION_TASK),
 }
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name` that is not a local path."""
+    return bool(_HUB_ID.fullmatch(name)) and not Path(name).exists()
+
+
+def training_datasets(arguments: dict) -> list[str] | None:
+    """The Hub data sets a run of the training scripts read (`arguments`: its arguments), if they are on the Hub."""
+    if arguments.get("embedded_dataset_dir"):
+        return [MNIST]
+    source = arguments.get("dataset") or arguments.get("train_codes")
+    return [source] if source and is_hub_id(source) else None
+
+
+def training_base_model(arguments: dict) -> str | list[str] | None:
+    """The model a run started from: its `--model` when that is no preset, as a Hub id, or through the card of a
+    local folder (converted weights name `FoundationVision/LlamaGen`)."""
+    model = arguments.get("model")
+    if model is None or model in LLAMAGEN_PRESETS or model in LLAMAGEN_VQ_PRESETS:
+        return None
+    card = Path(model) / "README.md"
+    if card.is_file():
+        return ModelCard.load(card).data.base_model
+    return model if is_hub_id(model) else None
+
+
+def eval_results(results: dict, dataset: str, task: tuple[str, str]) -> list[EvalResult]:
+    """Model-index entries of one results dict (as written by `st-ar evaluate --out`: metric values, `feature_network`,
+    `num_samples`, `num_reference`) on the data set `dataset`. Metric names carry the feature network, since FIDs
+    on different networks are different numbers."""
+    found = [key for key in METRICS if key in results]
+    if not found:
+        raise ValueError(f"no metric among {list(METRICS)}")
+    for key in found:
+        value = results[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{key!r} must be a finite number, got {value!r}")
+    network = results.get("feature_network")
+    if not isinstance(network, str) and any(key not in PIXEL_METRICS for key in found):
+        raise ValueError(f"'feature_network' (the network behind {[k for k in found if k not in PIXEL_METRICS]}) is missing")
+    counts = {key: results[key] for key in ("num_samples", "num_reference") if key in results}
+    dataset_name = f"{dataset} ({counts['num_reference']} reference images)" if "num_reference" in counts else dataset
+    return [EvalResult(task_type=task[0], task_name=task[1], dataset_type=dataset, dataset_name=dataset_name,
+                       metric_type=key, metric_value=float(results[key]), metric_args=counts or None,
+                       metric_name=METRICS[key] if key in PIXEL_METRICS else f"{METRICS[key]}, {network}")
+            for key in found]
 
 
 def converted_model_card(model, source: str, kind: str) -> ModelCard:
     """Card of a model converted from an official LlamaGen checkpoint (`kind` is "gpt" or "vq")."""
-    title, tags = _CONVERTED[kind]
+    title, tags, task = _CONVERTED[kind]
     card_data = ModelCardData(
         library_name="transformers",
+        pipeline_tag=task[0],
         license="mit",
         tags=["llamagen", "st-ar-hf", *tags],
+        datasets=[IMAGENET],
         base_model="FoundationVision/LlamaGen",
     )
     config = {k: v for k, v in model.config.to_diff_dict().items() if not k.startswith("_") and k not in ("auto_map", "architectures", "transformers_version")}
@@ -35,18 +103,29 @@ def converted_model_card(model, source: str, kind: str) -> ModelCard:
     )
 
 
-def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = None) -> ModelCard:
+def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = None, evaluation: list[EvalResult] = (),
+                        repo_id: str | None = None, base_model: str | list[str] | None = None) -> ModelCard:
     """Card of a saved `STARPipeline` directory; `training` (the training summary of `training/train.py`: steps,
-    arguments, data) adds a training section."""
+    arguments, data) adds a training section and the data sets, `evaluation` (see `eval_results`) the model-index
+    and a results table, `repo_id` the id the usage snippet loads, `base_model` the weights it started from
+    (default: the run's `--model` when that is no preset)."""
+    transformer = pipeline.transformer
+    arguments = training["arguments"] if training else {}
     card_data = ModelCardData(
         library_name="diffusers",
+        pipeline_tag=GENERATION_TASK[0],
         license="mit",
         tags=["st-ar-hf", "llamagen", "class-conditional-image-generation", "autoregressive"],
+        datasets=training_datasets(arguments),
+        base_model=base_model or training_base_model(arguments),
+        model_name=repo_id or f"STAR pipeline ({type(transformer).__name__})",
+        eval_results=list(evaluation) or None,
     )
-    transformer = pipeline.transformer
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "star_pipeline.md"),
+        repo_id=repo_id,
+        evaluation=evaluation,
         remote_code=remote_code,
         transformer_class=type(transformer).__name__,
         transformer_parameters=f"{transformer.num_parameters():,}",
@@ -60,30 +139,44 @@ def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = Non
     )
 
 
-def tokenizer_model_card(model, training: dict) -> ModelCard:
-    """Card of a VQ tokenizer trained with `training/train_tokenizer.py` (`training`: steps and arguments)."""
+def tokenizer_model_card(model, training: dict | None = None, evaluation: list[EvalResult] = (),
+                         repo_id: str | None = None, base_model: str | list[str] | None = None) -> ModelCard:
+    """Card of a VQ tokenizer; `training` (steps and arguments of `training/train_tokenizer.py`) adds a training
+    section and the data sets; `evaluation`, `repo_id` and `base_model` as for `pipeline_model_card`."""
+    arguments = training["arguments"] if training else {}
     card_data = ModelCardData(
         library_name="transformers",
+        pipeline_tag=RECONSTRUCTION_TASK[0],
         license="mit",
         tags=["st-ar-hf", "llamagen", "image-tokenizer", "vector-quantization"],
+        datasets=training_datasets(arguments),
+        base_model=base_model or training_base_model(arguments),
+        model_name=repo_id or "LlamaGen VQ image tokenizer",
+        eval_results=list(evaluation) or None,
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "llamagen_tokenizer.md"),
+        repo_id=repo_id,
+        evaluation=evaluation,
         num_parameters=f"{model.num_parameters():,}",
         config=model.config,
+        image_size=arguments.get("image_size", 256),
         training=training,
-        training_yaml=yaml.safe_dump(training["arguments"], sort_keys=True),
+        training_yaml=yaml.safe_dump(arguments, sort_keys=True) if training else None,
     )
 
 
-def code_shards_card(vqvae: str, source: str, **facts) -> DatasetCard:
-    """Card of a folder of code shards written by `training/extract_codes.py` (`facts`: image_size, crop_range,
-    num_crops, grid_size, codebook_size, num_examples, num_skipped)."""
+def code_shards_card(vqvae: str, source: str, source_datasets: list[str] | None = None, **facts) -> DatasetCard:
+    """Card of a folder of code shards written by `training/extract_codes.py` (`source_datasets`: the Hub data sets
+    of the images, if any; `facts`: image_size, crop_range, num_crops, grid_size, codebook_size, num_examples,
+    num_skipped)."""
     card_data = DatasetCardData(license="other", tags=["st-ar-hf", "llamagen", "image-tokens"],
+                                task_categories=[GENERATION_TASK[0]], source_datasets=source_datasets,
                                 configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "train-*.parquet"}]}])
     return DatasetCard.from_template(card_data, template_path=str(TEMPLATES / "code_shards.md"), vqvae=vqvae,
                                      source=source, **facts)
+
 
 def space_card(model_id: str, hardware: str = "a10g-small", sdk_version: str = "6.31.0") -> SpaceCard:
     """README of the Gradio Space in `spaces/` (app.py) for the `STARPipeline` repo `model_id`; `sdk_version` is the

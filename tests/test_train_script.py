@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 
 from st_ar_hf import LlamaGenVQVAE, STARPipeline
+from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.training.arguments import ARTrainingArguments, parse_arguments
-from st_ar_hf.training.checkpointing import BackgroundUploader, list_checkpoints
+from st_ar_hf.training.checkpointing import list_checkpoints
 from st_ar_hf.training.data import write_embedded_dataset
 
 from .conftest import tiny_gpt_config, tiny_vq_config
+from .fake_hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
@@ -47,12 +50,12 @@ def _config(assets, tmp_path, **overrides) -> Path:
     return path
 
 
-def _launch(config: Path, *flags: str, processes: int = 1, port: int = 29611) -> subprocess.CompletedProcess:
+def _launch(config: Path, *flags: str, processes: int = 1, port: int = 29611, env: dict | None = None) -> subprocess.CompletedProcess:
     launcher = [ACCELERATE, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(port)] if processes > 1 \
         else ["--num_processes", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([*launcher, str(ROOT / "training" / "train.py"), "--config", str(config), *flags],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -126,6 +129,24 @@ def test_failed_uploads_are_retried_and_never_stop_training(assets, tmp_path, ca
     uploader.wait()
     assert uploader.failures == [str(tmp_path)]
     assert caplog.text.count("failed (attempt") == 3
+
+
+def test_push_to_hub_uploads_the_pipeline_and_no_training_state(assets, tmp_path):
+    """Against tests/fake_hub.py, a loopback stand-in for the Hub's create/preupload/commit/download calls."""
+    with FakeHub(tmp_path / "hub") as endpoint:
+        run = _launch(_config(assets, tmp_path, max_train_steps=2, checkpointing_steps=1, push_to_hub=True,
+                              hub_model_id="org/trained"),
+                      env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "fake",
+                           "HF_HOME": str(tmp_path / "home")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert {"optimizer.bin", "custom_checkpoint_1.pkl"} <= {p.name for p in checkpoint.iterdir()}  # optimiser, teacher
+    repo, pipeline = tmp_path / "hub" / "org" / "trained", tmp_path / "run" / "pipeline"
+    files = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()}
+    assert files == {str(p.relative_to(pipeline)) for p in pipeline.rglob("*") if p.is_file()}  # the export, and only it
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.datasets == ["ylecun/mnist"]
+    assert 'STARPipeline.from_pretrained("org/trained")' in card.content
 
 
 def test_bad_settings_fail_before_training_with_the_setting_named(assets, tmp_path):

@@ -22,9 +22,9 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from st_ar_hf import LlamaGenVQVAE
-from st_ar_hf.model_cards import code_shards_card
+from st_ar_hf.hub import BackgroundUploader
+from st_ar_hf.model_cards import code_shards_card, training_datasets
 from st_ar_hf.training.arguments import ExtractCodesArguments, parse_arguments
-from st_ar_hf.training.checkpointing import BackgroundUploader
 from st_ar_hf.training.data import check_columns, class_names, crop_views, decode_image, load_image_dataset, to_pixel_values
 
 logger = get_logger(__name__)
@@ -105,7 +105,8 @@ def main(args: ExtractCodesArguments) -> None:
             "vqvae": str(vqvae_path.resolve()) if vqvae_path.is_dir() else args.vqvae, "image_size": args.image_size,
             "num_crops": num_crops, "grid_size": int(num_tokens**0.5), "codebook_size": vqvae.config.codebook_size,
         }, indent=2) + "\n")
-        code_shards_card(vqvae=args.vqvae, source=source, image_size=args.image_size, crop_range=args.crop_range,
+        code_shards_card(vqvae=args.vqvae, source=source, source_datasets=training_datasets(vars(args)),
+                         image_size=args.image_size, crop_range=args.crop_range,
                          num_crops=num_crops, grid_size=int(num_tokens**0.5), codebook_size=vqvae.config.codebook_size,
                          num_examples=examples, num_skipped=skipped).save(output_dir / "README.md")
         if args.push_to_hub:

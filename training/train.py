@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 import train_tokenizer
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
 from st_ar_hf.configuration_llamagen import LLAMAGEN_PRESETS
+from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import pipeline_model_card
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments
-from st_ar_hf.training.checkpointing import BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
+from st_ar_hf.training.checkpointing import TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
 from st_ar_hf.training.data import (
     ExampleStream, check_columns, class_names, crop_views, decode_image, load_image_dataset, load_stream,
     read_codes_info, to_pixel_values,
@@ -295,7 +296,8 @@ def export(args, accelerator, student, vqvae, id2label, directory, stream, uploa
     if accelerator.is_main_process:
         pipe = STARPipeline(transformer=unwrapped, vqvae=vqvae, id2label=id2label)
         pipe.save_pretrained(directory)  # diffusers writes no card; ours replaces the plain one with training facts
-        pipeline_model_card(pipe, remote_code=False, training=summary).save(directory / "README.md")
+        repo_id = uploader.repo_id if uploader is not None else None  # the card's usage snippet loads it
+        pipeline_model_card(pipe, remote_code=False, training=summary, repo_id=repo_id).save(directory / "README.md")
         (directory / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if uploader is not None:
             uploader.upload(directory, commit_message=f"{directory.name} of {args.output_dir}")

@@ -13,6 +13,7 @@ reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook usa
 """
 
 import copy
+import json
 import shutil
 import time
 from pathlib import Path
@@ -29,12 +30,11 @@ from tqdm.auto import tqdm
 
 from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig
 from st_ar_hf.configuration_llamagen import LLAMAGEN_VQ_PRESETS
+from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.metrics import psnr, ssim
 from st_ar_hf.model_cards import tokenizer_model_card
 from st_ar_hf.training.arguments import TokenizerTrainingArguments, parse_arguments
-from st_ar_hf.training.checkpointing import (
-    BackgroundUploader, TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint,
-)
+from st_ar_hf.training.checkpointing import TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
 from st_ar_hf.training.data import (
     ExampleStream, center_crops, check_columns, decode_image, load_image_dataset, load_stream, random_crop_arr,
     to_pixel_values,
@@ -234,12 +234,15 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         partial = output_dir / "vqvae.partial"
         model = (ema or accelerator.unwrap_model(vqvae)).eval()
         model.save_pretrained(partial)
-        tokenizer_model_card(model, training={"steps": args.max_train_steps, "arguments": vars(args)}).save(partial / "README.md")
+        summary = {"steps": args.max_train_steps, "arguments": vars(args)}  # `st-ar push` renders the card again from it
+        repo_id = (args.hub_model_id or output_dir.name) if args.push_to_hub else None
+        tokenizer_model_card(model, training=summary, repo_id=repo_id).save(partial / "README.md")
+        (partial / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
         if args.push_to_hub:
-            uploader = BackgroundUploader(args.hub_model_id or output_dir.name, args.hub_private_repo, args.upload_retries)
+            uploader = BackgroundUploader(repo_id, args.hub_private_repo, args.upload_retries)
             uploader.upload(final, commit_message=f"tokenizer of {args.output_dir}")
             uploader.wait()
     accelerator.wait_for_everyone()

@@ -1,4 +1,5 @@
-"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt ...`, `st-ar sample ...`, `st-ar evaluate ...`."""
+"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt ...`, `st-ar sample ...`, `st-ar evaluate ...`,
+`st-ar push ...`."""
 
 import argparse
 import json
@@ -51,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--out", help="also write the results to this JSON file")
+
+    push = commands.add_parser("push", help="upload a training run's pipeline (or tokenizer) with its card to the Hub")
+    push.add_argument("run_dir", metavar="RUN_DIR", help="a training output dir (its pipeline/ or vqvae/ is uploaded) "
+                      "or a saved STARPipeline / LlamaGenVQVAE dir")
+    push.add_argument("--repo-id", required=True, help="org/name, created if needed")
+    push.add_argument("--eval-results", action="append", default=[], metavar="FILE",
+                      help="results JSON of `st-ar evaluate --out` for the card's model-index (repeatable); "
+                      "default: RUN_DIR/evaluation.json when present")
+    push.add_argument("--eval-dataset", help="Hub data set of the reference batch; default: the training data set")
+    push.add_argument("--base-model", help="Hub id of the weights the run started from; default: from the run")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--commit-message")
+    push.add_argument("--include-checkpoints", action="store_true",
+                      help="also upload RUN_DIR/checkpoint-* (optimiser, EMA teacher, random states) under checkpoints/")
     return parser
 
 
@@ -67,12 +82,20 @@ def _evaluate(args) -> str:
     return text
 
 
+def _push(args) -> str:
+    from .hub import push_run
+
+    commits = push_run(args.run_dir, args.repo_id, args.eval_results, args.eval_dataset, args.base_model, args.private,
+                       args.commit_message, args.include_checkpoints)
+    return "\n".join(f"pushed {url}" for url in commits)
+
+
 def _sample(args) -> str:
-    from .pipelines import STARPipeline
+    from .hub import load_star_pipeline
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     labels = [int(label) if label.isdigit() else label for label in args.labels]
-    pipe = STARPipeline.from_pretrained(args.model).to(args.device, dtype)
+    pipe = load_star_pipeline(args.model).to(args.device, dtype)
     num_images = len(labels) * args.num_images_per_label
     out = pipe(
         labels, num_images_per_label=args.num_images_per_label, guidance_scale=args.guidance_scale,
@@ -93,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from .convert import convert_llamagen_gpt, convert_llamagen_vq
 
     try:
-        if args.command in ("sample", "evaluate"):
-            print(_sample(args) if args.command == "sample" else _evaluate(args))
+        if args.command != "convert":
+            print({"sample": _sample, "evaluate": _evaluate, "push": _push}[args.command](args))
             return 0
         if args.kind == "llamagen-vq":
             model = convert_llamagen_vq(args.checkpoint, output_dir=args.output)
@@ -103,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.checkpoint, size=args.size, num_attention_heads=args.num_attention_heads,
                 block_size=args.block_size, output_dir=args.output,
             )
-    except ValueError as error:
+    except ValueError as error:  # bad input, named
         print(f"st-ar {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the Hub (every huggingface_hub error is an OSError) or the disk failed
+        print(f"st-ar {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {type(model).__name__} ({model.num_parameters():,} parameters) to {args.output}")
     return 0
 

@@ -1,16 +1,10 @@
-"""Checkpoints that survive interruption, resume, pipeline export and background Hub uploads."""
+"""Checkpoints that survive interruption, resume, and pipeline export."""
 
 import json
-import logging
 import re
 import shutil
-import threading
-import time
 from pathlib import Path
 
-from huggingface_hub import HfApi
-
-logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 
 
@@ -80,37 +74,3 @@ def load_checkpoint(accelerator, checkpoint: str | Path, stream=None) -> None:
             raise ValueError(f"{checkpoint} has no data-stream state for process {accelerator.process_index} "
                              "(saved with another number of processes?)")
         stream.load_state_dict(json.loads(state_file.read_text()))
-
-
-class BackgroundUploader:
-    """Uploads folders to a Hub repo in a background thread, retrying with backoff. A failure is logged and never
-    raised, so an unreachable Hub never stops training. `wait()` blocks until queued uploads are done."""
-
-    def __init__(self, repo_id: str, private: bool = False, retries: int = 3, backoff_s: float = 5.0,
-                 repo_type: str = "model"):
-        self.repo_id, self.private, self.retries, self.backoff_s = repo_id, private, retries, backoff_s
-        self.repo_type = repo_type
-        self.api, self.failures, self.threads = HfApi(), [], []
-
-    def upload(self, folder: str | Path, commit_message: str, ignore_patterns: list[str] | None = None) -> None:
-        thread = threading.Thread(target=self._upload, args=(str(folder), commit_message, ignore_patterns), daemon=True)
-        thread.start()
-        self.threads.append(thread)
-
-    def _upload(self, folder, commit_message, ignore_patterns):
-        for attempt in range(1, self.retries + 1):
-            try:
-                self.api.create_repo(self.repo_id, private=self.private, exist_ok=True, repo_type=self.repo_type)
-                self.api.upload_folder(repo_id=self.repo_id, folder_path=folder, commit_message=commit_message,
-                                       ignore_patterns=ignore_patterns, repo_type=self.repo_type)
-                logger.info(f"uploaded {folder} to {self.repo_id}")
-                return
-            except Exception as error:  # noqa: BLE001 -- any failure is retried, then reported, never raised
-                logger.warning(f"upload of {folder} to {self.repo_id} failed (attempt {attempt}/{self.retries}): {error}")
-                if attempt < self.retries:
-                    time.sleep(self.backoff_s * attempt)
-        self.failures.append(folder)
-
-    def wait(self, timeout_s: float | None = None) -> None:
-        for thread in self.threads:
-            thread.join(timeout_s)
