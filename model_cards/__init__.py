@@ -172,7 +172,8 @@ def code_shards_card(vqvae: str, source: str, source_datasets: list[str] | None 
     of the images, if any; `facts`: image_size, crop_range, num_crops, grid_size, codebook_size, num_examples,
     num_skipped)."""
     card_data = DatasetCardData(license="other", tags=["st-ar-hf", "llamagen", "image-tokens"],
-                                task_categories=[GENERATION_TASK[0]], source_datasets=source_datasets,
+                                task_categories=[GENERATION_TASK[0]],
+                                source_datasets=[f"extended|{name}" for name in source_datasets or []] or None,
                                 configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "train-*.parquet"}]}])
     return DatasetCard.from_template(card_data, template_path=str(TEMPLATES / "code_shards.md"), vqvae=vqvae,
                                      source=source, **facts)

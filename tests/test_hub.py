@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 
 from st_ar_hf import LlamaGenForImageGeneration, STARPipeline
 from st_ar_hf.cli import main
-from st_ar_hf.model_cards import converted_model_card
+from st_ar_hf.model_cards import code_shards_card, converted_model_card, training_datasets
 
 from .fake_hub import FakeHub
 from .test_pipeline_star import ID2LABEL
@@ -89,7 +89,10 @@ def test_push_uploads_pipeline_card_and_eval_results_but_not_checkpoints(run_dir
         pull = _subprocess(["-c", snippet + (
             "pipe.set_progress_bar_config(disable=True)\n"
             "out = pipe([3, 'jay'], output_type='latent', generator=torch.Generator().manual_seed(5))\n"
-            "assert torch.equal(out.tokens, torch.load('expected.pt'))\n")], tmp_path, endpoint)
+            "assert torch.equal(out.tokens, torch.load('expected.pt'))\n"
+            "from huggingface_hub import ModelCard\n"
+            "card = ModelCard.load('org/st-ar-tiny'); card.validate()\n"  # through the loopback hub
+            "assert len(card.data.eval_results) == 5\n")], tmp_path, endpoint)
         assert pull.returncode == 0, pull.stderr[-3000:]
         assert (tmp_path / "sample.png").is_file()
 
@@ -200,3 +203,14 @@ def test_converted_card_snippet_runs_with_the_directory_substituted(tiny_gpt, tm
     namespace = {}
     exec(snippet, namespace)
     assert isinstance(namespace["model"], LlamaGenForImageGeneration)
+
+
+def test_code_shards_card_links_the_source_data_set():
+    facts = dict(image_size=16, crop_range=1.1, num_crops=2, grid_size=4, codebook_size=64, num_examples=8, num_skipped=0)
+    card = code_shards_card("org/vq", "the embedded MNIST-5k digits", training_datasets({"embedded_dataset_dir": "d"}),
+                            **facts)
+    assert card.data.source_datasets == ["extended|ylecun/mnist"]
+    assert card.data.task_categories == ["unconditional-image-generation"]
+    local = code_shards_card("org/vq", "shards/*.parquet", training_datasets({"train_data_files": "shards/*.parquet"}),
+                             **facts)
+    assert local.data.source_datasets is None
