@@ -1,6 +1,7 @@
 """The Spaces demo (spaces/app.py) on a tiny random pipeline: its generate function, the app served on loopback and
 called through gradio_client, the script form against a loopback Hub, a real headless browser, and the Space card."""
 
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no calls home, from this process or the app's subprocess
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -22,7 +24,6 @@ from st_ar_hf import STARPipeline  # noqa: E402
 
 from .fake_hub import FakeHub  # noqa: E402
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 SPACE = Path(__file__).parents[1] / "spaces"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -216,3 +217,7 @@ def test_space_readme_is_the_rendered_card(app):
     assert card.data.models == [app.DEFAULT_MODEL] and card.data.get("suggested_hardware") == "a10g-small"
     assert len(card.data.get("short_description")) <= 60  # the Hub's limit
     assert readme.read_text() == str(space_card(app.DEFAULT_MODEL))  # regenerate it with space_card(...).save(...)
+    # Spaces installs gradio itself; the requirements add this package and the torch that constraints.txt pins
+    requirements = [line for line in (SPACE / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    torch_pin = [line for line in (SPACE.parent / "constraints.txt").read_text().splitlines() if line.startswith("torch")]
+    assert requirements == [f"st-ar-hf=={importlib.metadata.version('st-ar-hf')}", *torch_pin]
