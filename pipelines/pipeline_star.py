@@ -210,6 +210,7 @@ class STARPipeline(DiffusionPipeline):
             force_download=kwargs.get("force_download", False),
             local_files_only=kwargs.get("local_files_only", False),
             allow_patterns=["*.json", "*.safetensors", "*.py", "*.md"],
+            ignore_patterns=["checkpoints/*"],  # training state pushed with `st-ar push --include-checkpoints`
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, remote_code: bool = False, **kwargs):

@@ -101,11 +101,17 @@ def test_include_checkpoints_uploads_them_under_checkpoints(run_dir, tmp_path):
     with FakeHub(tmp_path / "hub") as endpoint:
         push = _st_ar("push", str(run_dir), "--repo-id", "org/with-state", "--include-checkpoints",
                       "--eval-results", str(run_dir / "evaluation.json"), tmp_path=tmp_path, endpoint=endpoint)
-    assert push.returncode == 0, push.stderr[-3000:]
+        assert push.returncode == 0, push.stderr[-3000:]
+        pull = _subprocess(["-c", "import os\nfrom st_ar_hf import STARPipeline\n"
+                            "folder = STARPipeline.download('org/with-state')\n"
+                            "assert os.path.isfile(os.path.join(folder, 'model_index.json'))\n"
+                            "assert not os.path.exists(os.path.join(folder, 'checkpoints')), os.listdir(folder)\n"],
+                           tmp_path, endpoint)
     assert push.stdout.count("pushed http://127.0.0.1") == 2  # the pipeline, then the checkpoints
     files = _files(tmp_path / "hub" / "org" / "with-state")
     assert {"checkpoints/checkpoint-6/optimizer.bin", "checkpoints/checkpoint-6/custom_checkpoint_0.pkl",
             "model_index.json", "README.md"} <= files
+    assert pull.returncode == 0, pull.stderr[-3000:]  # loading the pipeline does not download the training state
 
 
 def test_tokenizer_push_renders_its_card_with_reconstruction_results(tiny_vq, tmp_path):
