@@ -8,6 +8,7 @@ import difflib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,10 +214,13 @@ class STARPipeline(DiffusionPipeline):
             ignore_patterns=["checkpoints/*"],  # training state pushed with `st-ar push --include-checkpoints`
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, remote_code: bool = False, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, remote_code: bool = False, push_to_hub: bool = False,
+                        **kwargs):
         """Writes model_index.json, the components as safetensors, and a model card. With `remote_code`, also the
         pipeline code at the root and `model_index.json` entries pointing at the code files, so that
-        `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)` works without st_ar_hf installed."""
+        `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)` works without st_ar_hf installed. With
+        `push_to_hub` (`repo_id`, `commit_message`, `private` in kwargs), the folder is then uploaded with this card
+        (diffusers' own push would replace it with a generic one)."""
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)
         if remote_code:
@@ -236,3 +240,16 @@ class STARPipeline(DiffusionPipeline):
         except ImportError:
             return
         pipeline_model_card(self, remote_code=remote_code).save(save_directory / "README.md")
+        if push_to_hub:
+            from st_ar_hf.hub import upload_folder
+
+            return upload_folder(kwargs.get("repo_id", save_directory.name), save_directory,
+                                 kwargs.get("commit_message") or "Upload STARPipeline", kwargs.get("private") or False)
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    remote_code: bool = False, **kwargs):
+        """Uploads the pipeline with its card in one commit (through a temporary `save_pretrained`); returns the
+        `CommitInfo`. `st-ar push` publishes a training run the same way, with its training and evaluation facts."""
+        with tempfile.TemporaryDirectory() as folder:
+            return self.save_pretrained(folder, remote_code, push_to_hub=True, repo_id=repo_id,
+                                        commit_message=commit_message, private=private, **kwargs)

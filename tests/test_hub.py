@@ -220,3 +220,17 @@ def test_code_shards_card_links_the_source_data_set():
     local = code_shards_card("org/vq", "shards/*.parquet", training_datasets({"train_data_files": "shards/*.parquet"}),
                              **facts)
     assert local.data.source_datasets is None
+
+
+def test_pipeline_push_to_hub_keeps_its_own_card(run_dir, tmp_path):
+    """`pipe.push_to_hub` (diffusers' name) through the loopback stand-in: the card is ours, not diffusers' generic one."""
+    with FakeHub(tmp_path / "hub") as endpoint:
+        push = _subprocess(["-c", "from st_ar_hf import STARPipeline\n"
+                            f"pipe = STARPipeline.from_pretrained({str(run_dir / 'pipeline')!r})\n"
+                            "print(pipe.push_to_hub('org/direct').commit_url)\n"], tmp_path, endpoint)
+    assert push.returncode == 0, push.stderr[-3000:]
+    assert push.stdout.startswith("http://127.0.0.1")
+    files = _files(tmp_path / "hub" / "org" / "direct")
+    assert {"model_index.json", "transformer/model.safetensors", "vqvae/model.safetensors", "README.md"} <= files
+    card = ModelCard.load(tmp_path / "hub" / "org" / "direct" / "README.md")
+    assert "st-ar-hf" in card.data.tags and "STARPipeline.from_pretrained" in card.content
