@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 
 import yaml
-from huggingface_hub import SpaceCard, SpaceCardData
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
 from st_ar_hf.configuration_llamagen import LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS
 
