@@ -102,6 +102,28 @@ def converted_model_card(model, source: str, kind: str) -> ModelCard:
     )
 
 
+def _trained_model_card(template: str, library_name: str, task: tuple[str, str], tags: list[str], model_name: str,
+                        training: dict | None, evaluation: list[EvalResult], repo_id: str | None,
+                        base_model: str | list[str] | None, **template_kwargs) -> ModelCard:
+    """A card whose metadata comes from a training run (data sets, base model), its evaluation (model-index) and the
+    repo it is pushed to; `template_kwargs` fill the rest of `template`."""
+    arguments = training["arguments"] if training else {}
+    card_data = ModelCardData(
+        library_name=library_name,
+        pipeline_tag=task[0],
+        license="mit",
+        tags=["st-ar-hf", "llamagen", *tags],
+        datasets=training_datasets(arguments),
+        base_model=base_model or training_base_model(arguments),
+        model_name=repo_id or model_name,
+        eval_results=list(evaluation) or None,
+    )
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATES / template), repo_id=repo_id, evaluation=evaluation, training=training,
+        training_yaml=yaml.safe_dump(arguments, sort_keys=True) if training else None, **template_kwargs,
+    )
+
+
 def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = None, evaluation: list[EvalResult] = (),
                         repo_id: str | None = None, base_model: str | list[str] | None = None) -> ModelCard:
     """Card of a saved `STARPipeline` directory; `training` (the training summary of `training/train.py`: steps,
@@ -109,22 +131,9 @@ def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = Non
     and a results table, `repo_id` the id the usage snippet loads, `base_model` the weights it started from
     (default: the run's `--model` when that is no preset)."""
     transformer = pipeline.transformer
-    arguments = training["arguments"] if training else {}
-    card_data = ModelCardData(
-        library_name="diffusers",
-        pipeline_tag=GENERATION_TASK[0],
-        license="mit",
-        tags=["st-ar-hf", "llamagen", "class-conditional-image-generation", "autoregressive"],
-        datasets=training_datasets(arguments),
-        base_model=base_model or training_base_model(arguments),
-        model_name=repo_id or f"STAR pipeline ({type(transformer).__name__})",
-        eval_results=list(evaluation) or None,
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATES / "star_pipeline.md"),
-        repo_id=repo_id,
-        evaluation=evaluation,
+    return _trained_model_card(
+        "star_pipeline.md", "diffusers", GENERATION_TASK, ["class-conditional-image-generation", "autoregressive"],
+        f"STAR pipeline ({type(transformer).__name__})", training, evaluation, repo_id, base_model,
         remote_code=remote_code,
         transformer_class=type(transformer).__name__,
         transformer_parameters=f"{transformer.num_parameters():,}",
@@ -133,8 +142,6 @@ def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = Non
         grid_size=transformer.config.grid_size,
         num_classes=transformer.config.num_classes,
         example_label=pipeline.id2label[min(pipeline.id2label)].split(",")[0],
-        training=training,
-        training_yaml=yaml.safe_dump(training["arguments"], sort_keys=True) if training else None,
     )
 
 
@@ -142,27 +149,12 @@ def tokenizer_model_card(model, training: dict | None = None, evaluation: list[E
                          repo_id: str | None = None, base_model: str | list[str] | None = None) -> ModelCard:
     """Card of a VQ tokenizer; `training` (steps and arguments of `training/train_tokenizer.py`) adds a training
     section and the data sets; `evaluation`, `repo_id` and `base_model` as for `pipeline_model_card`."""
-    arguments = training["arguments"] if training else {}
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag=RECONSTRUCTION_TASK[0],
-        license="mit",
-        tags=["st-ar-hf", "llamagen", "image-tokenizer", "vector-quantization"],
-        datasets=training_datasets(arguments),
-        base_model=base_model or training_base_model(arguments),
-        model_name=repo_id or "LlamaGen VQ image tokenizer",
-        eval_results=list(evaluation) or None,
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATES / "llamagen_tokenizer.md"),
-        repo_id=repo_id,
-        evaluation=evaluation,
+    return _trained_model_card(
+        "llamagen_tokenizer.md", "transformers", RECONSTRUCTION_TASK, ["image-tokenizer", "vector-quantization"],
+        "LlamaGen VQ image tokenizer", training, evaluation, repo_id, base_model,
         num_parameters=f"{model.num_parameters():,}",
         config=model.config,
-        image_size=arguments.get("image_size", 256),
-        training=training,
-        training_yaml=yaml.safe_dump(arguments, sort_keys=True) if training else None,
+        image_size=(training["arguments"] if training else {}).get("image_size", 256),
     )
 
 
