@@ -12,6 +12,7 @@ import gradio as gr
 import torch
 
 from st_ar_hf import STARPipeline
+from st_ar_hf.hub import load_star_pipeline
 
 DEFAULT_MODEL = "org/st-ar-b-256"  # the `models:` entry of this Space's README.md
 MODEL_ID = os.environ.get("STAR_MODEL", DEFAULT_MODEL)
@@ -29,13 +30,11 @@ TOP_P_RANGE = (0.05, 1.0)
 @functools.lru_cache(maxsize=2)
 def load_pipeline(model_id: str) -> STARPipeline:
     """The pipeline of `model_id` on the GPU in bf16 when there is one, else on the CPU in fp32; loaded once."""
-    try:
-        pipe = STARPipeline.from_pretrained(model_id)
-    except Exception as error:  # a missing repo, no network, not a pipeline directory, not a STARPipeline, ...
+    try:  # checks that the folder or repo exists and holds a STARPipeline
+        pipe = load_star_pipeline(model_id)
+    except Exception as error:  # also no network, a corrupt download, ...
         raise ValueError(f"cannot load a STARPipeline from {model_id!r} (a Hub repo id or a local pipeline "
                          f"directory): {type(error).__name__}: {error}") from error
-    if not isinstance(pipe, STARPipeline):
-        raise ValueError(f"{model_id!r} holds a {type(pipe).__name__}, not a STARPipeline")
     if torch.cuda.is_available():
         pipe.to("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
     else:
