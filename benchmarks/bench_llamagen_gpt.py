@@ -18,7 +18,7 @@ from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth
 from transformers import StaticCache
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
-from st_ar_hf.pipelines.generation import decode_one_token, prefill
+from st_ar_hf.pipelines.decoding_llamagen import decode_one_token, prefill
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -1,7 +1,7 @@
 """Class-conditional sampling speed of LlamaGen-B (random weights) with CFG: whole token grids per second.
 
 For each dtype and batch size, in the same run:
-- fast path: `st_ar_hf.pipelines.generation.generate` (static KV cache, [cond; uncond] in one forward, SDPA),
+- fast path: `st_ar_hf.pipelines.decoding_llamagen.generate` (static KV cache, [cond; uncond] in one forward, SDPA),
 - baseline "eager": the same loop with the eager (matmul + softmax) attention,
 - baseline "no cache": the reference that recomputes the whole sequence every step (batch 1 only: it is quadratic),
 and the floor of one decoding step: max(weight bytes / copy bandwidth, FLOPs / matmul peak), both measured here.
@@ -17,7 +17,8 @@ import torch
 from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, synchronize
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
-from st_ar_hf.pipelines.generation import generate, guide, sample
+from st_ar_hf.pipelines.decoding_llamagen import generate
+from st_ar_hf.pipelines.sampling import guide, sample
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

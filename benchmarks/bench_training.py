@@ -16,7 +16,7 @@ import torch
 from measure import forward_flops_per_token, matmul_peak_flops, timed
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
-from st_ar_hf.configuration_llamagen import LLAMAGEN_PRESETS
+from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
 from st_ar_hf.training.losses import STARObjective, update_ema
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
-from st_ar_hf.configuration_llamagen import LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS
+from st_ar_hf.models.llamagen.configuration_llamagen import LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS
 
 TEMPLATES = Path(__file__).parent
 GENERATION_TASK = ("unconditional-image-generation", "Class-conditional image generation")  # (pipeline_tag, name)
@@ -27,8 +27,8 @@ METRICS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score", "
 PIXEL_METRICS = ("psnr", "ssim", "codebook_usage")  # the others come from a feature network, which the name gives
 
 _CONVERTED = {
-    "gpt": ("LlamaGen class-conditional GPT", ["class-conditional-image-generation", "autoregressive"], GENERATION_TASK),
-    "vq": ("LlamaGen VQ image tokenizer", ["image-tokenizer", "vector-quantization"], RECONSTRUCTION_TASK),
+    "llamagen-gpt": ("LlamaGen class-conditional GPT", ["class-conditional-image-generation", "autoregressive"], GENERATION_TASK),
+    "llamagen-vq": ("LlamaGen VQ image tokenizer", ["image-tokenizer", "vector-quantization"], RECONSTRUCTION_TASK),
 }
 
 
@@ -80,7 +80,7 @@ def eval_results(results: dict, dataset: str, task: tuple[str, str]) -> list[Eva
 
 
 def converted_model_card(model, source: str, kind: str) -> ModelCard:
-    """Card of a model converted from an official LlamaGen checkpoint (`kind` is "gpt" or "vq")."""
+    """Card of a model converted from an official LlamaGen checkpoint (`kind` is "llamagen-gpt" or "llamagen-vq")."""
     title, tags, task = _CONVERTED[kind]
     card_data = ModelCardData(
         library_name="transformers",

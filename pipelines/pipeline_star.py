@@ -1,7 +1,8 @@
 """STARPipeline: class-conditional image generation with a LlamaGen-style GPT and its VQ tokenizer.
 
-This file and `generation.py` beside it are the pipeline's only code: `save_pretrained(..., remote_code=True)` copies
-both to the repo root, so nothing here may import `st_ar_hf` (the models are reached through their components).
+This file and the modules beside it (`sampling.py`, and one `decoding_<family>.py` per model family) are the
+pipeline's only code: `save_pretrained(..., remote_code=True)` copies them to the repo root, so nothing here may import
+`st_ar_hf` (the models are reached through their components).
 """
 
 import difflib
@@ -21,11 +22,15 @@ from diffusers.utils import BaseOutput
 from huggingface_hub import snapshot_download
 from transformers import PreTrainedModel
 
-from .generation import generate
+from .decoding_llamagen import generate
+from .sampling import Generators
 
 # ImageNet-1k class names, index -> comma-separated WordNet synonyms (as in DiT's id2label)
 IMAGENET_LABELS_FILE = Path(__file__).with_name("imagenet_labels.json")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# the code a remote-code directory carries: this file and the modules it imports (diffusers copies the direct relative
+# imports of a local directory's pipeline file, so this file imports every module that the others import)
+PIPELINE_CODE = [path for path in Path(__file__).parent.glob("*.py") if path.name != "__init__.py"]
 
 
 @dataclass
@@ -131,7 +136,7 @@ class STARPipeline(DiffusionPipeline):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: Generators = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
@@ -224,7 +229,7 @@ class STARPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)
         if remote_code:
-            for source in (Path(__file__), Path(__file__).with_name("generation.py")):
+            for source in PIPELINE_CODE:
                 shutil.copyfile(source, save_directory / source.name)
             index_file = save_directory / "model_index.json"
             index = json.loads(index_file.read_text())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from st_ar_hf import LlamaGenForImageGeneration, LlamaGenVQVAE
-from st_ar_hf.convert import convert_llamagen_gpt, convert_llamagen_vq
+from st_ar_hf.models.llamagen.convert_llamagen import convert_llamagen_gpt, convert_llamagen_vq
 
 from .official_layout import llamagen_gpt_shapes, llamagen_vq_shapes, random_state_dict
 

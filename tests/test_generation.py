@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from st_ar_hf.pipelines.generation import filter_logits, generate, sample
+from st_ar_hf.pipelines.decoding_llamagen import generate
+from st_ar_hf.pipelines.sampling import filter_logits, sample
 
 
 def _full_logits(model, tokens, class_labels):

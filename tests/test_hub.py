@@ -202,7 +202,7 @@ def test_pulling_a_missing_or_foreign_repo_gives_a_clear_cli_error(tmp_path):
 
 def test_converted_card_snippet_runs_with_the_directory_substituted(tiny_gpt, tmp_path):
     tiny_gpt.save_pretrained(tmp_path / "gpt")
-    card = converted_model_card(tiny_gpt, "`c2i_B_256.pt`", "gpt")
+    card = converted_model_card(tiny_gpt, "`c2i_B_256.pt`", "llamagen-gpt")
     assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.datasets == ["ILSVRC/imagenet-1k"]
     assert card.data.base_model == "FoundationVision/LlamaGen"
     snippet = _python_block(card.content).replace("path/to/this/directory", str(tmp_path / "gpt"))

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModel, DynamicCache, StaticCache
 
 from st_ar_hf import LlamaGenForImageGeneration
-from st_ar_hf.modeling_llamagen import apply_rotary_emb
+from st_ar_hf.models.llamagen.modeling_llamagen import apply_rotary_emb
 
 from .conftest import tiny_gpt_config
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from st_ar_hf import LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
-from st_ar_hf.pipelines.generation import generate
+from st_ar_hf.pipelines.decoding_llamagen import generate
 
 from .conftest import tiny_gpt_config, tiny_vq_config
 
@@ -124,7 +124,7 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == "STARPipeline"
-    assert index["transformer"] == ["st_ar_hf.modeling_llamagen", "LlamaGenForImageGeneration"]
+    assert index["transformer"] == ["st_ar_hf.models.llamagen.modeling_llamagen", "LlamaGenForImageGeneration"]
     assert index["id2label"]["2"] == "golden retriever"
     for name in ("transformer", "vqvae"):
         assert (tmp_path / name / "model.safetensors").is_file()

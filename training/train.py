@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import train_tokenizer
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
-from st_ar_hf.configuration_llamagen import LLAMAGEN_PRESETS
+from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import pipeline_model_card
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments

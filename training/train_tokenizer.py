@@ -29,7 +29,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig
-from st_ar_hf.configuration_llamagen import LLAMAGEN_VQ_PRESETS
+from st_ar_hf.models.llamagen import LLAMAGEN_VQ_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.metrics import psnr, ssim
 from st_ar_hf.model_cards import tokenizer_model_card

@@ -2,9 +2,9 @@
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_llamagen import LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS, LlamaGenConfig, LlamaGenVQVAEConfig
-from .modeling_llamagen import LlamaGenForImageGeneration
-from .modeling_llamagen_vq import LlamaGenVQVAE
+from .models.llamagen import (
+    LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, LlamaGenVQVAEConfig,
+)
 from .pipelines import STARPipeline, STARPipelineOutput
 
 __version__ = "0.1.0"

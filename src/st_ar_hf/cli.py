@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .configuration_llamagen import LLAMAGEN_PRESETS
+from .models.llamagen import LLAMAGEN_PRESETS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def _sample(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .convert import convert_llamagen_gpt, convert_llamagen_vq
+    from .models.llamagen.convert_llamagen import convert_llamagen_gpt, convert_llamagen_vq
 
     try:
         if args.command != "convert":

@@ -11,7 +11,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from .configuration_llamagen import LlamaGenVQVAEConfig
+from .models.llamagen import LlamaGenVQVAE, LlamaGenVQVAEConfig
 from .model_cards import (
     GENERATION_TASK, RECONSTRUCTION_TASK, eval_results, pipeline_model_card, tokenizer_model_card, training_datasets,
 )
@@ -130,7 +130,6 @@ def render_card(folder: Path, kind: str, training: dict | None, evaluation: list
                 base_model: str | None) -> ModelCard:
     """The card of an export, from the templates: the model itself, its training summary, the evaluation results,
     and the base model (given, or kept from the card already there)."""
-    from .modeling_llamagen_vq import LlamaGenVQVAE
     from .pipelines import STARPipeline
 
     card_file = folder / "README.md"

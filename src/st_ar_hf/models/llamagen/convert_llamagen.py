@@ -5,15 +5,9 @@ accepted (`{"model": state_dict}` from DDP training and raw FSDP state dicts); e
 token-grid size is read off the tensor shapes.
 """
 
-import os
-import re
-from pathlib import Path
-
-import torch
-
+from ..conversion import count_indexed, load_state_dict, load_strict, rename_keys, require, save_converted
 from .configuration_llamagen import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenVQVAEConfig
 from .modeling_llamagen import LlamaGenForImageGeneration
-from .model_cards import converted_model_card
 from .modeling_llamagen_vq import LlamaGenVQVAE
 
 # keys LlamaGen saves that carry no weights: the RoPE table and the VQ's sliding window of used codes
@@ -48,91 +42,33 @@ _VQ_KEY_MAP = [
 ]
 
 
-def load_state_dict(checkpoint: str | os.PathLike | dict) -> dict[str, torch.Tensor]:
-    """A LlamaGen checkpoint path or dict -> its flat state dict, without the non-weight keys."""
-    if isinstance(checkpoint, (str, os.PathLike)):
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise ValueError(f"checkpoint {str(path)!r} is not a file")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated zip, foreign pickle, not a torch file at all
-            raise ValueError(
-                f"checkpoint {str(path)!r} is not a readable PyTorch weights file (loaded with weights_only=True, "
-                f"no code executed): {type(error).__name__}: {str(error).splitlines()[0]}"
-            ) from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint must hold a state dict, got {type(checkpoint).__name__}")
-    if isinstance(checkpoint.get("model"), dict):  # DDP training files: {"model": ..., ("optimizer", "steps", "args")}
-        checkpoint = checkpoint["model"]
-    state_dict = {}
-    for key, value in checkpoint.items():
-        key = key.removeprefix("module.").removeprefix("_orig_mod.")
-        if key.endswith(_DROPPED_KEYS):
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor: not a LlamaGen state dict")
-        state_dict[key] = value
-    return state_dict
-
-
-def _rename(state_dict: dict, key_map: list[tuple[str, str]], kind: str) -> dict:
-    renamed = {}
-    for key, value in state_dict.items():
-        new_key, matched = key, False
-        for pattern, replacement in key_map:
-            new_key, count = re.subn(pattern, replacement, new_key)
-            matched |= count > 0
-        if not matched:
-            raise ValueError(f"checkpoint key {key!r} is not part of a LlamaGen {kind} checkpoint")
-        renamed[new_key] = value
-    return renamed
-
-
-def _require(state_dict: dict, key: str, kind: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise ValueError(f"checkpoint has no {key!r}: not a LlamaGen {kind} checkpoint")
-    return state_dict[key]
-
-
-def _load_into(model, state_dict: dict):
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:  # missing, unexpected or mis-shaped keys
-        raise ValueError(f"checkpoint does not fit the inferred {type(model).__name__}: {error}") from None
-
-
-def _count_indexed(state_dict: dict, pattern: str) -> int:
-    return len({match.group(1) for key in state_dict if (match := re.match(pattern, key))})
-
-
 def convert_llamagen_vq(checkpoint, output_dir=None, **overrides) -> LlamaGenVQVAE:
     """LlamaGen VQ checkpoint (path or state dict) -> `LlamaGenVQVAE`, saved to `output_dir` when given.
 
     `overrides` set config fields that shapes cannot tell (e.g. `commit_loss_beta`, `entropy_loss_ratio`).
     """
-    state_dict = load_state_dict(checkpoint)
-    codebook = _require(state_dict, "quantize.embedding.weight", "VQ")
-    base_channels = _require(state_dict, "encoder.conv_in.weight", "VQ").shape[0]
-    num_levels = _count_indexed(state_dict, r"encoder\.conv_blocks\.(\d+)\.")
+    state_dict = load_state_dict(checkpoint, "LlamaGen VQ", dropped=_DROPPED_KEYS)
+    codebook = require(state_dict, "quantize.embedding.weight", "LlamaGen VQ")
+    base_channels = require(state_dict, "encoder.conv_in.weight", "LlamaGen VQ").shape[0]
+    num_levels = count_indexed(state_dict, r"encoder\.conv_blocks\.(\d+)\.")
     ch_mult = [
-        _require(state_dict, f"encoder.conv_blocks.{i}.res.0.conv1.weight", "VQ").shape[0] // base_channels
+        require(state_dict, f"encoder.conv_blocks.{i}.res.0.conv1.weight", "LlamaGen VQ").shape[0] // base_channels
         for i in range(num_levels)
     ]
     config_kwargs = dict(
         in_channels=state_dict["encoder.conv_in.weight"].shape[1],
-        out_channels=_require(state_dict, "decoder.conv_out.weight", "VQ").shape[0],
+        out_channels=require(state_dict, "decoder.conv_out.weight", "LlamaGen VQ").shape[0],
         base_channels=base_channels,
         ch_mult=ch_mult,
-        num_res_blocks=_count_indexed(state_dict, r"encoder\.conv_blocks\.0\.res\.(\d+)\."),
-        z_channels=_require(state_dict, "quant_conv.weight", "VQ").shape[1],
+        num_res_blocks=count_indexed(state_dict, r"encoder\.conv_blocks\.0\.res\.(\d+)\."),
+        z_channels=require(state_dict, "quant_conv.weight", "LlamaGen VQ").shape[1],
         codebook_size=codebook.shape[0],
         codebook_embed_dim=codebook.shape[1],
     )
     model = LlamaGenVQVAE(LlamaGenVQVAEConfig(**{**config_kwargs, **overrides}))
-    _load_into(model, _rename(state_dict, _VQ_KEY_MAP, "VQ"))
+    load_strict(model, rename_keys(state_dict, _VQ_KEY_MAP, "LlamaGen VQ"))
     if output_dir is not None:
-        _save(model, output_dir, source=checkpoint, kind="vq")
+        save_converted(model, output_dir, checkpoint, "llamagen-vq")
     return model.eval()
 
 
@@ -147,11 +83,11 @@ def convert_llamagen_gpt(
         block_size: image tokens per sample, LlamaGen's name: 256 for the 256px checkpoints, 576 for 384px.
         overrides: other config fields (dropouts, `rope_theta`, ...).
     """
-    state_dict = load_state_dict(checkpoint)
-    vocab_size, hidden_size = _require(state_dict, "tok_embeddings.weight", "GPT").shape
-    num_layers = _count_indexed(state_dict, r"layers\.(\d+)\.")
-    class_rows, class_width = _require(state_dict, "cls_embedding.embedding_table.weight", "GPT").shape
-    qkv_rows = _require(state_dict, "layers.0.attention.wqkv.weight", "GPT").shape[0]
+    state_dict = load_state_dict(checkpoint, "LlamaGen GPT", dropped=_DROPPED_KEYS)
+    vocab_size, hidden_size = require(state_dict, "tok_embeddings.weight", "LlamaGen GPT").shape
+    num_layers = count_indexed(state_dict, r"layers\.(\d+)\.")
+    class_rows, class_width = require(state_dict, "cls_embedding.embedding_table.weight", "LlamaGen GPT").shape
+    qkv_rows = require(state_dict, "layers.0.attention.wqkv.weight", "LlamaGen GPT").shape[0]
 
     if size is not None:
         if size not in LLAMAGEN_PRESETS:
@@ -181,7 +117,7 @@ def convert_llamagen_gpt(
             num_hidden_layers=num_layers,
             num_attention_heads=num_attention_heads,
             num_key_value_heads=num_kv_heads,
-            intermediate_size=_require(state_dict, "layers.0.feed_forward.w1.weight", "GPT").shape[0],
+            intermediate_size=require(state_dict, "layers.0.feed_forward.w1.weight", "LlamaGen GPT").shape[0],
             num_classes=class_rows - 1,
             cls_token_num=class_width // hidden_size,
             block_size=block_size,
@@ -189,13 +125,11 @@ def convert_llamagen_gpt(
         **overrides,
     })
     model = LlamaGenForImageGeneration(config)
-    _load_into(model, _rename(state_dict, _GPT_KEY_MAP, "GPT"))
+    load_strict(model, rename_keys(state_dict, _GPT_KEY_MAP, "LlamaGen GPT"))
     if output_dir is not None:
-        _save(model, output_dir, source=checkpoint, kind="gpt")
+        save_converted(model, output_dir, checkpoint, "llamagen-gpt")
     return model.eval()
 
 
-def _save(model, output_dir, source, kind: str):
-    model.save_pretrained(output_dir)
-    source_name = f"`{Path(source).name}`" if isinstance(source, (str, os.PathLike)) else "a state dict"
-    converted_model_card(model, source_name, kind).save(Path(output_dir) / "README.md")
+
+__all__ = ["convert_llamagen_gpt", "convert_llamagen_vq"]
