@@ -26,9 +26,29 @@ METRICS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score", "
            "recall": "Recall", "rfid": "rFID", "psnr": "PSNR (dB)", "ssim": "SSIM", "codebook_usage": "Codebook usage"}
 PIXEL_METRICS = ("psnr", "ssim", "codebook_usage")  # the others come from a feature network, which the name gives
 
+# the originals: Hub id of their weights -> how a card cites them
+ORIGINS = {
+    "FoundationVision/LlamaGen": "[LlamaGen](https://github.com/FoundationVision/LlamaGen) (Sun et al., *Autoregressive "
+                                 "Model Beats Diffusion: Llama for Scalable Image Generation*, arXiv 2406.06525)",
+    "FoundationVision/var": "[VAR](https://github.com/FoundationVision/VAR) (Tian et al., *Visual Autoregressive "
+                            "Modeling: Scalable Image Generation via Next-Scale Prediction*, arXiv 2404.02905)",
+    "jiaosiyu1999/FlexVAR": "[FlexVAR](https://github.com/jiaosiyu1999/FlexVAR) (Jiao et al., *FlexVAR: Flexible "
+                            "Visual Autoregressive Modeling without Residual Prediction*, arXiv 2502.20313)",
+}
+_GENERATOR_TAGS = ["class-conditional-image-generation", "autoregressive"]
+_TOKENIZER_TAGS = ["image-tokenizer", "vector-quantization"]
+# kind of `st-ar convert` -> (title, tags, task, the original's Hub id); SAR's weights are FlexVAR weights
 _CONVERTED = {
-    "llamagen-gpt": ("LlamaGen class-conditional GPT", ["class-conditional-image-generation", "autoregressive"], GENERATION_TASK),
-    "llamagen-vq": ("LlamaGen VQ image tokenizer", ["image-tokenizer", "vector-quantization"], RECONSTRUCTION_TASK),
+    "llamagen-gpt": ("LlamaGen class-conditional GPT", ["llamagen", *_GENERATOR_TAGS], GENERATION_TASK,
+                     "FoundationVision/LlamaGen"),
+    "llamagen-vq": ("LlamaGen VQ image tokenizer", ["llamagen", *_TOKENIZER_TAGS], RECONSTRUCTION_TASK,
+                    "FoundationVision/LlamaGen"),
+    "var": ("VAR scale-wise class-conditional transformer", ["var", "scale-wise", *_GENERATOR_TAGS], GENERATION_TASK,
+            "FoundationVision/var"),
+    "var-vqvae": ("VAR multi-scale residual VQVAE", ["var", *_TOKENIZER_TAGS], RECONSTRUCTION_TASK,
+                  "FoundationVision/var"),
+    "flexvar": ("FlexVAR scale-wise class-conditional transformer", ["flexvar", "scale-wise", *_GENERATOR_TAGS],
+                GENERATION_TASK, "jiaosiyu1999/FlexVAR"),
 }
 
 
@@ -79,22 +99,29 @@ def eval_results(results: dict, dataset: str, task: tuple[str, str]) -> list[Eva
             for key in found]
 
 
+def converted_base_model(kind: str) -> str:
+    """The Hub id of the original weights that `st-ar convert <kind>` reads."""
+    return _CONVERTED[kind][3]
+
+
 def converted_model_card(model, source: str, kind: str) -> ModelCard:
-    """Card of a model converted from an official LlamaGen checkpoint (`kind` is "llamagen-gpt" or "llamagen-vq")."""
-    title, tags, task = _CONVERTED[kind]
+    """Card of a model converted from an official checkpoint (`kind`: the `st-ar convert` kind, a key of
+    `_CONVERTED`)."""
+    title, tags, task, base_model = _CONVERTED[kind]
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=task[0],
         license="mit",
-        tags=["llamagen", "st-ar-hf", *tags],
+        tags=["st-ar-hf", *tags],
         datasets=[IMAGENET],
-        base_model="FoundationVision/LlamaGen",
+        base_model=base_model,
     )
     config = {k: v for k, v in model.config.to_diff_dict().items() if not k.startswith("_") and k not in ("auto_map", "architectures", "transformers_version")}
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATES / "llamagen_converted.md"),
+        template_path=str(TEMPLATES / "converted.md"),
         title=title,
+        origin=ORIGINS[base_model],
         source=source,
         class_name=type(model).__name__,
         num_parameters=f"{model.num_parameters():,}",
@@ -112,7 +139,7 @@ def _trained_model_card(template: str, library_name: str, task: tuple[str, str],
         library_name=library_name,
         pipeline_tag=task[0],
         license="mit",
-        tags=["st-ar-hf", "llamagen", *tags],
+        tags=["st-ar-hf", *tags],
         datasets=training_datasets(arguments),
         base_model=base_model or training_base_model(arguments),
         model_name=repo_id or model_name,
@@ -130,17 +157,30 @@ def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = Non
     arguments, data) adds a training section and the data sets, `evaluation` (see `eval_results`) the model-index
     and a results table, `repo_id` the id the usage snippet loads, `base_model` the weights it started from
     (default: the run's `--model` when that is no preset)."""
-    transformer = pipeline.transformer
+    transformer, config = pipeline.transformer, pipeline.transformer.config
+    if config.model_type == "llamagen":
+        generation = f"a {config.grid_size}x{config.grid_size} grid of VQ codes, token by token,"
+        sampling = "Sampling follows LlamaGen: classifier-free guidance on raw logits, then temperature, top-k, top-p."
+    else:
+        scales = config.patch_nums
+        generation = f"token maps scale by scale ({len(scales)} steps, from 1x1 to {scales[-1]}x{scales[-1]})"
+        sampling = (f"Sampling follows {'VAR' if config.model_type == 'var' else 'FlexVAR'}: `guidance_scale` is the "
+                    "original's `cfg`, ramped over the scales, then temperature, top-k, top-p"
+                    + ("; `scales=` samples other schedules." if config.model_type == "flexvar" else "."))
     return _trained_model_card(
-        "star_pipeline.md", "diffusers", GENERATION_TASK, ["class-conditional-image-generation", "autoregressive"],
+        "star_pipeline.md", "diffusers", GENERATION_TASK,
+        [config.model_type, "class-conditional-image-generation", "autoregressive"],
         f"STAR pipeline ({type(transformer).__name__})", training, evaluation, repo_id, base_model,
         remote_code=remote_code,
         transformer_class=type(transformer).__name__,
         transformer_parameters=f"{transformer.num_parameters():,}",
+        vqvae_class=type(pipeline.vqvae).__name__,
         vqvae_parameters=f"{pipeline.vqvae.num_parameters():,}",
-        image_size=transformer.config.grid_size * pipeline.vqvae.config.downsample_factor,
-        grid_size=transformer.config.grid_size,
-        num_classes=transformer.config.num_classes,
+        image_size=config.grid_size * pipeline.vqvae.config.downsample_factor,
+        num_classes=config.num_classes,
+        generation=generation,
+        sampling=sampling,
+        guidance_scale=pipeline.family.guidance_scale,
         example_label=pipeline.id2label[min(pipeline.id2label)].split(",")[0],
     )
 
@@ -150,7 +190,7 @@ def tokenizer_model_card(model, training: dict | None = None, evaluation: list[E
     """Card of a VQ tokenizer; `training` (steps and arguments of `training/train_tokenizer.py`) adds a training
     section and the data sets; `evaluation`, `repo_id` and `base_model` as for `pipeline_model_card`."""
     return _trained_model_card(
-        "llamagen_tokenizer.md", "transformers", RECONSTRUCTION_TASK, ["image-tokenizer", "vector-quantization"],
+        "llamagen_tokenizer.md", "transformers", RECONSTRUCTION_TASK, ["llamagen", *_TOKENIZER_TAGS],
         "LlamaGen VQ image tokenizer", training, evaluation, repo_id, base_model,
         num_parameters=f"{model.num_parameters():,}",
         config=model.config,

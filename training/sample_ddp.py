@@ -3,6 +3,11 @@
 `arr_1`) for `st-ar evaluate`.
 
     accelerate launch training/sample_ddp.py --model org/st-ar-b-256 --num_samples 50000 --guidance_scale 2.0 --out samples.npz
+    accelerate launch training/sample_ddp.py --model converted/flexvar-d16 --num_samples 50000 --per_class \
+        --guidance_scale 2.5 --top_k 900 --top_p 0.95 --out samples.npz
+
+Any family's pipeline: the sampling arguments are the pipeline's (`--guidance_scale` defaults to the family's,
+`--cfg_interval` is LlamaGen's, `--scales` VAR's and FlexVAR's).
 
 Image i has label i % num_classes (`--per_class`) or a label drawn uniformly from a generator seeded with `--seed`,
 and is decoded from its own generator seeded with seed + i: the set is the same for any number of processes and
@@ -28,8 +33,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="the .npz to write")
     parser.add_argument("--num_samples", type=int, default=50000)
     parser.add_argument("--per_class", action="store_true", help="labels i % num_classes instead of uniform random")
-    parser.add_argument("--guidance_scale", type=float, default=2.0)
-    parser.add_argument("--cfg_interval", type=int, default=-1)
+    parser.add_argument("--guidance_scale", type=float, default=None,
+                        help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg)")
+    parser.add_argument("--cfg_interval", type=int, default=-1, help="LlamaGen only")
+    parser.add_argument("--scales", type=int, nargs="+", default=None, help="VAR / FlexVAR scale schedule")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=0)
     parser.add_argument("--top_p", type=float, default=1.0)
@@ -60,8 +67,8 @@ def main(args) -> None:
     for start in tqdm(range(0, len(mine), args.batch_size), disable=not accelerator.is_local_main_process):
         indices = mine[start : start + args.batch_size]
         out = pipe(labels[indices].tolist(), guidance_scale=args.guidance_scale, cfg_interval=args.cfg_interval,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, output_type="pil",
-                   generator=[torch.Generator().manual_seed(args.seed + int(i)) for i in indices])
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, scales=args.scales,
+                   output_type="pil", generator=[torch.Generator().manual_seed(args.seed + int(i)) for i in indices])
         if args.resize is not None:
             out.images = [image.resize((args.resize, args.resize), PIL.Image.BICUBIC) for image in out.images]
         images.append(np.stack([np.asarray(image, dtype=np.uint8) for image in out.images]))

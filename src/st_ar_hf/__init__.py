@@ -1,15 +1,26 @@
-"""st-ar-hf: autoregressive image generation with self-guided training (ST-AR) on the Hugging Face stack."""
+"""st-ar-hf: autoregressive image generation (LlamaGen token by token; VAR and FlexVAR scale by scale) and ST-AR's
+self-guided training, on the Hugging Face stack."""
 
 from transformers import AutoConfig, AutoModel
 
 from .models.llamagen import (
     LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, LlamaGenVQVAEConfig,
 )
+from .models.var import (
+    FLEXVAR_PRESETS, VAR_PRESETS, FlexVARConfig, FlexVARForImageGeneration, VARConfig, VARForImageGeneration, VARVQVAE,
+    VARVQVAEConfig,
+)
 from .pipelines import STARPipeline, STARPipelineOutput
 
 __version__ = "0.1.0"
 
-for _config, _model in ((LlamaGenConfig, LlamaGenForImageGeneration), (LlamaGenVQVAEConfig, LlamaGenVQVAE)):
+for _config, _model in (
+    (LlamaGenConfig, LlamaGenForImageGeneration),
+    (LlamaGenVQVAEConfig, LlamaGenVQVAE),
+    (VARConfig, VARForImageGeneration),
+    (FlexVARConfig, FlexVARForImageGeneration),
+    (VARVQVAEConfig, VARVQVAE),
+):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     # saved directories carry their code and an `auto_map`, so they load with trust_remote_code=True anywhere
@@ -17,12 +28,20 @@ for _config, _model in ((LlamaGenConfig, LlamaGenForImageGeneration), (LlamaGenV
     _model.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "FLEXVAR_PRESETS",
     "LLAMAGEN_PRESETS",
     "LLAMAGEN_VQ_PRESETS",
+    "VAR_PRESETS",
+    "FlexVARConfig",
+    "FlexVARForImageGeneration",
     "LlamaGenConfig",
     "LlamaGenForImageGeneration",
     "LlamaGenVQVAE",
     "LlamaGenVQVAEConfig",
     "STARPipeline",
     "STARPipelineOutput",
+    "VARConfig",
+    "VARForImageGeneration",
+    "VARVQVAE",
+    "VARVQVAEConfig",
 ]

@@ -1,5 +1,5 @@
-"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt ...`, `st-ar sample ...`, `st-ar evaluate ...`,
-`st-ar push ...`."""
+"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt|var-vqvae|var|flexvar ...`, `st-ar sample ...`,
+`st-ar evaluate ...`, `st-ar push ...`."""
 
 import argparse
 import json
@@ -11,31 +11,54 @@ from PIL import Image
 
 from .models.llamagen import LLAMAGEN_PRESETS
 
+# kind -> the official files it reads; the generators also write a STARPipeline when given their tokenizer
+CONVERT_KINDS = {
+    "llamagen-vq": "LlamaGen VQ tokenizer (vq_ds16_c2i.pt, vq_ds8_c2i.pt)",
+    "llamagen-gpt": "LlamaGen class-conditional GPT (c2i_B_256.pt, c2i_XL_384.pt, ...)",
+    "var-vqvae": "VAR's multi-scale residual VQVAE (vae_ch160v4096z32.pth)",
+    "var": "VAR transformer (var_d16.pth ... var_d36.pth)",
+    "flexvar": "FlexVAR transformer (FlexVARd16-epo179.pth, ...) or SAR's (SARd16-epo179.pth, ...)",
+}
+GENERATORS = ("llamagen-gpt", "var", "flexvar")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="st-ar", description="st-ar-hf: LlamaGen / ST-AR on the Hugging Face stack")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser("convert", help="convert an official LlamaGen checkpoint to a model directory")
+    convert = commands.add_parser("convert", help="convert an official checkpoint to a model or pipeline directory")
     kinds = convert.add_subparsers(dest="kind", required=True)
-    vq = kinds.add_parser("llamagen-vq", help="VQ tokenizer (vq_ds16_c2i.pt, vq_ds8_c2i.pt)")
-    gpt = kinds.add_parser("llamagen-gpt", help="class-conditional GPT (c2i_B_256.pt, c2i_XL_384.pt, ...)")
-    for sub in (vq, gpt):
-        sub.add_argument("--checkpoint", required=True, help="the official .pt file (loaded with weights_only=True)")
-        sub.add_argument("--output", required=True, help="directory to write config.json, model.safetensors, README.md")
-    gpt.add_argument("--size", choices=sorted(LLAMAGEN_PRESETS), help="preset giving the head count")
-    gpt.add_argument("--num-attention-heads", type=int, help="head count for checkpoints matching no preset")
-    gpt.add_argument("--block-size", type=int, default=256, help="image tokens: 256 for 256px checkpoints, 576 for 384px")
+    for kind, help_text in CONVERT_KINDS.items():
+        sub = kinds.add_parser(kind, help=help_text)
+        sub.add_argument("--checkpoint", required=True, help="the official file (loaded with weights_only=True)")
+        sub.add_argument("--output", required=True, help="directory to write (config.json, model.safetensors, README.md; "
+                         "a STARPipeline directory when a tokenizer is given)")
+        if kind in GENERATORS:
+            tokenizer = sub.add_mutually_exclusive_group()
+            tokenizer.add_argument("--vqvae", help="a converted tokenizer directory: write a STARPipeline with it")
+            tokenizer.add_argument("--vqvae-checkpoint", help="the official tokenizer file: convert it and write a "
+                                   "STARPipeline (FlexVAR: FlexVAE.pth)")
+        if kind == "llamagen-gpt":
+            sub.add_argument("--size", choices=sorted(LLAMAGEN_PRESETS), help="preset giving the head count")
+            sub.add_argument("--num-attention-heads", type=int, help="head count for checkpoints matching no preset")
+            sub.add_argument("--block-size", type=int, default=256,
+                             help="image tokens: 256 for 256px checkpoints, 576 for 384px")
+        if kind in ("var", "var-vqvae", "flexvar"):
+            sub.add_argument("--patch-nums", type=int, nargs="+", help="the (trained) scale schedule; default VAR's 256 px "
+                             "one (for VAR transformers: read off the checkpoint, 256 px or 512 px)")
 
     sample = commands.add_parser("sample", help="sample class-conditional images into a PNG grid")
     sample.add_argument("--model", required=True, help="a STARPipeline directory or Hub repo id")
     sample.add_argument("--labels", nargs="+", required=True, help="class ids or names (quote names with spaces)")
     sample.add_argument("--num-images-per-label", type=int, default=1)
-    sample.add_argument("--guidance-scale", type=float, default=2.0)
-    sample.add_argument("--cfg-interval", type=int, default=-1)
+    sample.add_argument("--guidance-scale", type=float,
+                        help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg)")
+    sample.add_argument("--cfg-interval", type=int, default=-1, help="LlamaGen only")
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--top-k", type=int, default=0)
     sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--scales", type=int, nargs="+", help="VAR / FlexVAR scale schedule (FlexVAR: any)")
+    sample.add_argument("--more-smooth", action="store_true", help="VAR's Gumbel smoothing")
     sample.add_argument("--seed", type=int, default=0, help="image i is drawn with seed + i, alone reproducible")
     sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sample.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
@@ -101,7 +124,7 @@ def _sample(args) -> str:
         labels, num_images_per_label=args.num_images_per_label, guidance_scale=args.guidance_scale,
         cfg_interval=args.cfg_interval, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         generator=[torch.Generator().manual_seed(args.seed + i) for i in range(num_images)],
-        compile_decoding=args.compile,
+        compile_decoding=args.compile, scales=args.scales, more_smooth=args.more_smooth,
     )
     width, height = out.images[0].size
     grid = Image.new("RGB", (width * args.num_images_per_label, height * len(labels)))
@@ -111,28 +134,75 @@ def _sample(args) -> str:
     return f"wrote {num_images} images ({width}x{height}) to {args.out}"
 
 
+def _convert(args) -> str:
+    from .model_cards import converted_base_model, pipeline_model_card
+    from .models.llamagen.convert_llamagen import convert_llamagen_gpt, convert_llamagen_vq
+    from .models.var.convert_var import convert_flexvar, convert_var, convert_var_vqvae
+    from .pipelines import STARPipeline
+
+    with_tokenizer = args.kind in GENERATORS and bool(args.vqvae or args.vqvae_checkpoint)
+    if with_tokenizer:  # read first: a wrong tokenizer fails before the (larger) transformer is read
+        vqvae = _load_tokenizer(args)
+    output_dir = None if with_tokenizer else args.output
+    schedule = {"patch_nums": args.patch_nums} if getattr(args, "patch_nums", None) else {}
+    try:
+        if args.kind == "llamagen-vq":
+            model = convert_llamagen_vq(args.checkpoint, output_dir=output_dir)
+        elif args.kind == "llamagen-gpt":
+            model = convert_llamagen_gpt(args.checkpoint, size=args.size, num_attention_heads=args.num_attention_heads,
+                                         block_size=args.block_size, output_dir=output_dir)
+        elif args.kind == "var-vqvae":
+            model = convert_var_vqvae(args.checkpoint, output_dir=output_dir, **schedule)
+        elif args.kind == "var":
+            model = convert_var(args.checkpoint, output_dir=output_dir, **schedule)
+        else:
+            model = convert_flexvar(args.checkpoint, output_dir=output_dir, **schedule)
+    except ValueError as error:
+        raise ValueError(f"--checkpoint: {error}") from None
+    written = f"{type(model).__name__} ({model.num_parameters():,} parameters)"
+    if with_tokenizer:
+        pipe = STARPipeline(transformer=model, vqvae=vqvae)
+        pipe.check_components()
+        pipe.save_pretrained(args.output)
+        card = pipeline_model_card(pipe, remote_code=False, base_model=converted_base_model(args.kind))
+        card.save(Path(args.output) / "README.md")  # names the original weights, which `st-ar push` keeps
+        written = f"a STARPipeline of {written} and {type(vqvae).__name__}"
+    return f"wrote {written} to {args.output}"
+
+
+def _load_tokenizer(args):
+    """The tokenizer of `--vqvae` (a converted directory) or `--vqvae-checkpoint` (an official file)."""
+    from transformers import AutoModel
+
+    from .models.llamagen.convert_llamagen import convert_llamagen_vq
+    from .models.var.convert_var import convert_var_vqvae
+
+    if args.vqvae:
+        config_file = Path(args.vqvae) / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"--vqvae {args.vqvae}: no config.json, not a converted tokenizer directory")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type not in ("llamagen_vqvae", "var_vqvae"):
+            raise ValueError(f"--vqvae {args.vqvae} holds a {model_type!r} model, not a tokenizer")
+        return AutoModel.from_pretrained(args.vqvae)
+    convert = convert_var_vqvae if args.kind == "var" else convert_llamagen_vq  # FlexVAE.pth is a LlamaGen VQ
+    try:
+        return convert(args.vqvae_checkpoint)
+    except ValueError as error:
+        raise ValueError(f"--vqvae-checkpoint: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .models.llamagen.convert_llamagen import convert_llamagen_gpt, convert_llamagen_vq
-
+    commands = {"convert": _convert, "sample": _sample, "evaluate": _evaluate, "push": _push}
     try:
-        if args.command != "convert":
-            print({"sample": _sample, "evaluate": _evaluate, "push": _push}[args.command](args))
-            return 0
-        if args.kind == "llamagen-vq":
-            model = convert_llamagen_vq(args.checkpoint, output_dir=args.output)
-        else:
-            model = convert_llamagen_gpt(
-                args.checkpoint, size=args.size, num_attention_heads=args.num_attention_heads,
-                block_size=args.block_size, output_dir=args.output,
-            )
+        print(commands[args.command](args))
     except ValueError as error:  # bad input, named
         print(f"st-ar {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the Hub (every huggingface_hub error is an OSError) or the disk failed
         print(f"st-ar {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {type(model).__name__} ({model.num_parameters():,} parameters) to {args.output}")
     return 0
 
 

@@ -305,10 +305,8 @@ class LlamaGenForImageGeneration(PreTrainedModel):
             predicted = logits[:, start : start + labels.shape[1]]
             loss = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1))
 
-        output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=past_key_values,
-            hidden_states=all_hidden_states, attentions=all_attentions,
-        )
+        # the cache field is positional: transformers renamed it from `past_key_values` to `cache` in 5.2x
+        output = CausalLMOutputWithPast(loss, logits, past_key_values, all_hidden_states, all_attentions)
         return output if return_dict else output.to_tuple()
 
     def _attention_mask(self, hidden_states, cache_position, past_key_values, attention_bias):

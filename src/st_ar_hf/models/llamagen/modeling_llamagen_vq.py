@@ -284,6 +284,25 @@ class LlamaGenVQVAE(PreTrainedModel):
         )
 
     @apply_forward_hook
+    def encode_scales(self, pixel_values: torch.FloatTensor, scales: list[int]) -> list[torch.LongTensor]:
+        """FlexVAR's multi-scale tokenisation (its tokenizer is this model): the latent, area-downsampled to each side
+        of `scales` (increasing, ending at the latent grid H / f), quantised on its own, with no residual between
+        scales -> code ids, a list of [B, s_k, s_k]."""
+        self._check_pixel_values(pixel_values)
+        height, width = (size // self.config.downsample_factor for size in pixel_values.shape[-2:])
+        sides = list(scales) if isinstance(scales, (list, tuple)) else None
+        if (height != width or not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sides)
+                or any(b <= a for a, b in zip(sides, sides[1:])) or sides[-1] != height):
+            raise ValueError(f"scales must be increasing positive ints ending at the side of the (square) latent grid "
+                             f"{height}x{width}, got {scales!r}")
+        latents = self.quant_conv(self.encoder(pixel_values))  # [B, C, h, w]
+        return [self.quantize(F.interpolate(latents, size=(side, side), mode="area"))[2] for side in sides]
+
+    def code_vectors(self, indices: torch.LongTensor) -> torch.FloatTensor:
+        """indices [B, h, w] -> code vectors [B, C, h, w] (l2-normalised when the codebook is)."""
+        return self.quantize.codebook()[indices].permute(0, 3, 1, 2)
+
+    @apply_forward_hook
     def decode(self, indices: torch.LongTensor) -> torch.FloatTensor:
         """indices [B, h, w] or [B, h*w] (a square grid) -> pixels [B, 3, h*f, w*f] in [-1, 1] (not clamped)."""
         if not isinstance(indices, torch.Tensor) or indices.dtype not in (torch.int64, torch.int32) or indices.ndim not in (2, 3):
@@ -297,8 +316,7 @@ class LlamaGenVQVAE(PreTrainedModel):
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.codebook_size):
             raise ValueError(f"indices must lie in [0, {self.config.codebook_size}), got values in "
                              f"[{int(indices.min())}, {int(indices.max())}]")
-        codes = self.quantize.codebook()[indices].permute(0, 3, 1, 2)  # [B, C, h, w]
-        return self.decoder(self.post_quant_conv(codes))
+        return self.decoder(self.post_quant_conv(self.code_vectors(indices)))
 
     def forward(self, pixel_values: torch.FloatTensor) -> LlamaGenVQVAEOutput:
         """Reconstruction and the VQ loss terms (LlamaGen: vq + beta * commitment + entropy)."""
