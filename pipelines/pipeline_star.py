@@ -1,4 +1,5 @@
-"""STARPipeline: class-conditional image generation with a LlamaGen-style GPT and its VQ tokenizer.
+"""STARPipeline: class-conditional image generation with any family's transformer (LlamaGen token by token, VAR and
+FlexVAR scale by scale) and its VQ tokenizer.
 
 This file and the modules beside it (`sampling.py`, and one `decoding_<family>.py` per model family) are the
 pipeline's only code: `save_pretrained(..., remote_code=True)` copies them to the repo root, so nothing here may import

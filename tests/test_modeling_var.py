@@ -184,6 +184,10 @@ def test_var_vqvae_encodes_residually_and_decodes_its_codes(tiny_var_vqvae):
         torch.testing.assert_close(pixels_out, tiny_var_vqvae.decode_latents(f_hat))
         torch.testing.assert_close(pixels_out, tiny_var_vqvae.decode(torch.cat([m.flatten(1) for m in maps], dim=1)))
     assert pixels_out.shape == (2, 3, 8, 8) and pixels_out.abs().max() <= 1
+    with pytest.raises(ValueError, match=r"scales must end at the latent grid \(4\)"):
+        tiny_var_vqvae.encode(pixels, scales=[1, 2])
+    with pytest.raises(ValueError, match=r"indices as one tensor must be \[B, 21\]"):
+        tiny_var_vqvae.decode(torch.zeros(2, 5, dtype=torch.long))
 
 
 def test_var_vqvae_phi_ticks_as_the_original():
@@ -226,3 +230,20 @@ def test_save_pretrained_round_trip_keeps_outputs(family, tiny_var, tiny_flexvar
     assert (tmp_path / "model.safetensors").is_file() and type(loaded.config) is type(model.config)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_gradient_checkpointing_and_hidden_states_keep_the_loss(tiny_flexvar, tiny_flexvae):
+    labels, maps = torch.tensor([1, 2]), random_maps(2, TINY_SCALES)
+    inputs = teacher_forcing_inputs(tiny_flexvar, tiny_flexvae, maps).detach()  # the tokenizer is frozen in training
+    targets = torch.cat([m.flatten(1) for m in maps], dim=1)
+    tiny_flexvar.train()
+    plain = tiny_flexvar(labels, inputs, labels=targets, output_hidden_states=True)
+    plain.loss.backward()
+    grad = tiny_flexvar.layers[0].mlp.fc1.weight.grad.clone()
+    tiny_flexvar.zero_grad()
+    tiny_flexvar.gradient_checkpointing_enable()
+    checkpointed = tiny_flexvar(labels, inputs, labels=targets)
+    checkpointed.loss.backward()
+    torch.testing.assert_close(checkpointed.loss, plain.loss)
+    torch.testing.assert_close(tiny_flexvar.layers[0].mlp.fc1.weight.grad, grad)
+    assert len(plain.hidden_states) == 3 and plain.hidden_states[-1].shape == (2, 21, 64)

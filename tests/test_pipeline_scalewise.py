@@ -194,6 +194,14 @@ def test_tokenizers_of_the_other_family_are_refused(tiny_var, tiny_flexvar, tiny
             STARPipeline(transformer=transformer, vqvae=vqvae, id2label=ID2LABEL)([1])
 
 
+def test_a_transformer_of_no_family_is_refused(tiny_var_vqvae):
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match="transformer: a 'bert' model, not one of the families"):
+        STARPipeline(transformer=bert, vqvae=tiny_var_vqvae)([1])
+
+
 def test_scales_are_refused_for_llamagen(tiny_gpt, tiny_vq):
     pipe = STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq, id2label=ID2LABEL)
     with pytest.raises(ValueError, match="scales: a LlamaGen model decodes token by token"):

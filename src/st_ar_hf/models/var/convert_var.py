@@ -79,6 +79,7 @@ def convert_var_vqvae(checkpoint, output_dir=None, **overrides) -> VARVQVAE:
     the 512 px VAR-d36 uses (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)), `commit_loss_beta`.
     """
     state_dict = load_state_dict(checkpoint, "VAR VQVAE", _WRAPPERS, _DROPPED_KEYS)
+    require(state_dict, "encoder.down.0.block.0.conv1.weight", "VAR VQVAE")  # taming's layout, not LlamaGen's VQ
     codebook = require(state_dict, "quantize.embedding.weight", "VAR VQVAE")
     base_channels = require(state_dict, "encoder.conv_in.weight", "VAR VQVAE").shape[0]
     num_levels = count_indexed(state_dict, r"encoder\.down\.(\d+)\.")
