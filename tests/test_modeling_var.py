@@ -180,6 +180,14 @@ def test_var_vqvae_encodes_residually_and_decodes_its_codes(tiny_var_vqvae):
             f_hat, step = tiny_var_vqvae.next_scale_input(f_hat, tiny_var_vqvae.code_vectors(maps[k]), k, TINY_SCALES)
             steps += [step] if step is not None else []
         torch.testing.assert_close(torch.cat(steps, dim=1), tiny_var_vqvae.scale_inputs(maps))
+        # and VAR's rule written out: the input of scale k+1 is the sum of phi(bicubic(codes of scales <= k)), area
+        # downsampled to s_{k+1}
+        codebook, phi = tiny_var_vqvae.quantize.embedding.weight, tiny_var_vqvae.quantize.phi
+        terms = [phi(k, 3)(F.interpolate(codebook[m].permute(0, 3, 1, 2), size=(4, 4), mode="bicubic"))
+                 for k, m in enumerate(maps[:2])]
+        by_hand = [F.interpolate(sum(terms[: k + 1]), size=(side,) * 2, mode="area").flatten(2).transpose(1, 2)
+                   for k, side in enumerate(TINY_SCALES[1:])]
+        torch.testing.assert_close(tiny_var_vqvae.scale_inputs(maps), torch.cat(by_hand, dim=1))
         pixels_out = tiny_var_vqvae.decode(maps)
         torch.testing.assert_close(pixels_out, tiny_var_vqvae.decode_latents(f_hat))
         torch.testing.assert_close(pixels_out, tiny_var_vqvae.decode(torch.cat([m.flatten(1) for m in maps], dim=1)))

@@ -182,12 +182,10 @@ class VARVQVAE(PreTrainedModel):
         """Teacher-forcing inputs of the transformer: for k = 1 .. K-1, the reconstruction from scales < k
         area-downsampled to s_k, flattened: [B, L - 1, C] (VAR's `idxBl_to_var_input`)."""
         maps = self.split_scales(indices)
-        scales, side = [m.shape[-1] for m in maps], maps[-1].shape[-1]
-        f_hat, inputs = None, []
-        for k in range(len(maps) - 1):
-            term = self.quantize.upsampled_term(self.code_vectors(maps[k]), k, len(maps), side)
-            f_hat = term if f_hat is None else f_hat + term
-            inputs.append(F.interpolate(f_hat, size=(scales[k + 1],) * 2, mode="area").flatten(2).transpose(1, 2))
+        scales, f_hat, inputs = [m.shape[-1] for m in maps], None, []
+        for k in range(len(maps) - 1):  # the decoding steps, with the ground-truth codes
+            f_hat, next_input = self.next_scale_input(f_hat, self.code_vectors(maps[k]), k, scales)
+            inputs.append(next_input)
         return torch.cat(inputs, dim=1)
 
     def next_scale_input(self, f_hat: torch.Tensor | None, code_vectors: torch.Tensor, scale_index: int,
