@@ -39,7 +39,7 @@ def run_dir(tiny_gpt, tiny_vq, tmp_path) -> Path:
     (run / "pipeline" / "training_summary.json").write_text(json.dumps(SUMMARY))
     (run / "evaluation.json").write_text(json.dumps(RESULTS))
     (run / "checkpoint-6").mkdir()
-    for name in ("optimizer.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl", "model.safetensors"):
+    for name in ("optimizer.bin", "training_state.json", "teacher.safetensors", "random_states_0.pkl", "model.safetensors"):
         (run / "checkpoint-6" / name).write_bytes(b"training state")
     return run
 
@@ -137,7 +137,7 @@ def test_include_checkpoints_uploads_them_under_checkpoints(run_dir, tmp_path):
                            tmp_path, endpoint)
     assert push.stdout.count("pushed http://127.0.0.1") == 2  # the pipeline, then the checkpoints
     files = _files(tmp_path / "hub" / "org" / "with-state")
-    assert {"checkpoints/checkpoint-6/optimizer.bin", "checkpoints/checkpoint-6/custom_checkpoint_0.pkl",
+    assert {"checkpoints/checkpoint-6/optimizer.bin", "checkpoints/checkpoint-6/teacher.safetensors",
             "model_index.json", "README.md"} <= files
     assert pull.returncode == 0, pull.stderr[-3000:]  # loading the pipeline does not download the training state
 

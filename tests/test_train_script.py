@@ -140,7 +140,7 @@ def test_push_to_hub_uploads_the_pipeline_and_no_training_state(assets, tmp_path
                            "HF_HOME": str(tmp_path / "home")})
     assert run.returncode == 0, run.stderr[-3000:]
     checkpoint = tmp_path / "run" / "checkpoint-2"
-    assert {"optimizer.bin", "custom_checkpoint_1.pkl"} <= {p.name for p in checkpoint.iterdir()}  # optimiser, teacher
+    assert {"optimizer.bin", "teacher.safetensors", "training_state.json"} <= {p.name for p in checkpoint.iterdir()}
     repo, pipeline = tmp_path / "hub" / "org" / "trained", tmp_path / "run" / "pipeline"
     files = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()}
     assert files == {str(p.relative_to(pipeline)) for p in pipeline.rglob("*") if p.is_file()}  # the export, and only it

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from st_ar_hf import LlamaGenForImageGeneration, STARPipeline
-from st_ar_hf.training.arguments import DataArguments, parse_arguments
+from st_ar_hf.training.arguments import DataArguments, run_script
 from st_ar_hf.training.data import center_crops, load_image_dataset, to_pixel_values
 
 
@@ -116,4 +116,4 @@ def plot(maps, summary, output_dir: Path, query_step: int) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_arguments(AttentionArguments))
+    run_script(main, AttentionArguments)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from st_ar_hf import LlamaGenVQVAE
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import code_shards_card, training_datasets
-from st_ar_hf.training.arguments import ExtractCodesArguments, parse_arguments
+from st_ar_hf.training.arguments import ExtractCodesArguments, run_script
 from st_ar_hf.training.data import check_columns, class_names, crop_views, decode_image, load_image_dataset, to_pixel_values
 
 logger = get_logger(__name__)
@@ -118,4 +118,4 @@ def main(args: ExtractCodesArguments) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_arguments(ExtractCodesArguments))
+    run_script(main, ExtractCodesArguments)

@@ -23,7 +23,7 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from st_ar_hf import STARPipeline
-from st_ar_hf.training.arguments import DataArguments, parse_arguments
+from st_ar_hf.training.arguments import DataArguments, run_script
 from st_ar_hf.training.data import (
     center_crops, check_columns, load_image_dataset, load_stream, to_pixel_values,
 )
@@ -165,4 +165,4 @@ def main(args: LinearProbeArguments) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_arguments(LinearProbeArguments))
+    run_script(main, LinearProbeArguments)

@@ -29,8 +29,8 @@ from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, 
 from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import pipeline_model_card
-from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments
-from st_ar_hf.training.checkpointing import TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
+from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments, run_script
+from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run, save_checkpoint
 from st_ar_hf.training.data import (
     ExampleStream, check_columns, class_names, crop_views, decode_image, load_image_dataset, load_stream,
     read_codes_info, to_pixel_values,
@@ -113,6 +113,7 @@ def sample_grid(args, student, vqvae, id2label) -> PIL.Image.Image:
 
 def main(args: ARTrainingArguments) -> None:
     output_dir = Path(args.output_dir)
+    claim_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.train_codes is not None and args.vqvae is None:  # the tokenizer that made the codes, at their size
         info = read_codes_info(args.train_codes)
@@ -146,7 +147,7 @@ def main(args: ARTrainingArguments) -> None:
     id2label = {i: (names[i] if names else str(i)) for i in range(num_classes)}
     stream = ExampleStream(dataset, build_transform(args, num_classes), args.train_batch_size, args.seed,
                            accelerator.process_index, accelerator.num_processes, args.shuffle_buffer,
-                           args.shuffle_input_shards)
+                           args.shuffle_input_shards, args.max_skipped_in_a_row, args.data_source)
 
     # Student, teacher, objective
     grid_size = args.image_size // vqvae.config.downsample_factor
@@ -179,13 +180,11 @@ def main(args: ARTrainingArguments) -> None:
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     if objective.projector is not None:  # DDP refuses a module without trainable parameters
         objective = accelerator.prepare(objective)
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress, *([teacher] if teacher is not None else []))
+    state = TrainingState(**({"teacher": teacher} if teacher is not None else {}))  # step counters, run id, teacher
 
-    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    checkpoint = resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream)
     if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, stream)
-        logger.info(f"resumed from {checkpoint} at step {progress.global_step}")
+        logger.info(f"resumed from {checkpoint} at step {state.global_step}")
     if accelerator.is_main_process:
         accelerator.init_trackers("st-ar", config={k: v for k, v in vars(args).items() if not isinstance(v, dict)})
     uploader = (BackgroundUploader(args.hub_model_id or output_dir.name, args.hub_private_repo, args.upload_retries)
@@ -197,13 +196,13 @@ def main(args: ARTrainingArguments) -> None:
     logger.info(f"  objective: {'ST-AR' if args.self_guided else 'next-token (LlamaGen baseline)'}, weights {weights}")
     logger.info(f"  model: {num_parameters:,} parameters, {grid_size}x{grid_size} tokens, {num_classes} classes")
     logger.info(f"  batch: {args.train_batch_size} images x {args.num_views} views per process, global {global_batch} images")
-    logger.info(f"  steps: {args.max_train_steps} (from {progress.global_step}), lr {learning_rate:g}")
+    logger.info(f"  steps: {args.max_train_steps} (from {state.global_step}), lr {learning_rate:g}")
 
     # Train!
     batches = iter(stream)
     totals, step_start, images_seen = {}, time.perf_counter(), 0
-    bar = tqdm(total=args.max_train_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process)
-    while progress.global_step < args.max_train_steps:
+    bar = tqdm(total=args.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
+    while state.global_step < args.max_train_steps:
         bad_terms = None
         for _ in range(args.gradient_accumulation_steps):
             batch = next(batches)
@@ -228,11 +227,11 @@ def main(args: ARTrainingArguments) -> None:
             images_seen += tokens.shape[0]
         if bad_terms is not None:
             optimizer.zero_grad(set_to_none=True)
-            progress.nonfinite_in_a_row += 1
-            logger.warning(f"step {progress.global_step + 1}: non-finite {bad_terms}, step skipped "
-                           f"({progress.nonfinite_in_a_row} in a row)", main_process_only=True)
-            if progress.nonfinite_in_a_row >= args.max_nonfinite_steps:
-                raise RuntimeError(f"stopping at step {progress.global_step + 1}: {progress.nonfinite_in_a_row} non-finite "
+            state.nonfinite_in_a_row += 1
+            logger.warning(f"step {state.global_step + 1}: non-finite {bad_terms}, step skipped "
+                           f"({state.nonfinite_in_a_row} in a row)", main_process_only=True)
+            if state.nonfinite_in_a_row >= args.max_nonfinite_steps:
+                raise RuntimeError(f"stopping at step {state.global_step + 1}: {state.nonfinite_in_a_row} non-finite "
                                    f"losses in a row (last: {bad_terms})")
             continue
         grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
@@ -241,11 +240,11 @@ def main(args: ARTrainingArguments) -> None:
         optimizer.zero_grad(set_to_none=True)
         if teacher is not None:
             update_ema(teacher, student, args.ema_decay)
-        progress.global_step += 1
-        progress.nonfinite_in_a_row = 0
+        state.global_step += 1
+        state.nonfinite_in_a_row = 0
         bar.update(1)
 
-        step = progress.global_step
+        step = state.global_step
         if step % args.log_steps == 0 or step == args.max_train_steps:
             elapsed = time.perf_counter() - step_start
             num_steps = args.log_steps if step % args.log_steps == 0 else step % args.log_steps
@@ -265,7 +264,7 @@ def main(args: ARTrainingArguments) -> None:
             bar.set_postfix(loss=f"{logs['loss/loss']:.4f}")
             totals, step_start, images_seen = {}, time.perf_counter(), 0
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
-            save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, stream)
+            save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, stream)
         if accelerator.is_main_process and (
                 (args.validation_steps and step % args.validation_steps == 0) or step == args.max_train_steps):
             grid = sample_grid(args, accelerator.unwrap_model(student), vqvae, id2label)
@@ -274,7 +273,7 @@ def main(args: ARTrainingArguments) -> None:
             export(args, accelerator, student, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader, step)
 
     # Export the student (not the teacher, projector or optimiser) as a STARPipeline
-    export(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, progress.global_step)
+    export(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)
     if uploader is not None:
         uploader.wait()
     accelerator.end_training()
@@ -305,4 +304,4 @@ def export(args, accelerator, student, vqvae, id2label, directory, stream, uploa
 
 
 if __name__ == "__main__":
-    main(parse_arguments(ARTrainingArguments, default_config=str(DEFAULT_CONFIG)))
+    run_script(main, ARTrainingArguments, default_config=str(DEFAULT_CONFIG))

@@ -33,8 +33,8 @@ from st_ar_hf.models.llamagen import LLAMAGEN_VQ_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.metrics import psnr, ssim
 from st_ar_hf.model_cards import tokenizer_model_card
-from st_ar_hf.training.arguments import TokenizerTrainingArguments, parse_arguments
-from st_ar_hf.training.checkpointing import TrainingProgress, load_checkpoint, resolve_checkpoint, save_checkpoint
+from st_ar_hf.training.arguments import TokenizerTrainingArguments, run_script
+from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run, save_checkpoint
 from st_ar_hf.training.data import (
     ExampleStream, center_crops, check_columns, decode_image, load_image_dataset, load_stream, random_crop_arr,
     to_pixel_values,
@@ -94,6 +94,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     """Trains and returns the folder of the exported tokenizer. `end_training=False` leaves the process group up
     (for `train.py`, which trains a tokenizer first in the same processes)."""
     output_dir = Path(args.output_dir)
+    claim_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -108,7 +109,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     check_columns(dataset, image_column=args.image_column)
     stream = ExampleStream(dataset.decode(False), build_transform(args), args.train_batch_size, args.seed,
                            accelerator.process_index, accelerator.num_processes, args.shuffle_buffer,
-                           args.shuffle_input_shards)
+                           args.shuffle_input_shards, args.max_skipped_in_a_row, args.data_source)
     eval_pixels = load_eval_pixels(args) if accelerator.is_main_process else None
 
     # Models: the tokenizer (and its EMA), the discriminator, the perceptual network
@@ -135,28 +136,25 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
                                           betas=(args.adam_beta1, args.adam_beta2))
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress, *([ema] if ema is not None else []))
-    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, stream)
+    state = TrainingState(**({"ema": ema} if ema is not None else {}))  # step counters, run id, ema
+    resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream)
     if accelerator.is_main_process:
         accelerator.init_trackers("st-ar-tokenizer", config={k: v for k, v in vars(args).items() if not isinstance(v, dict)})
     codebook_size = accelerator.unwrap_model(vqvae).config.codebook_size
 
     logger.info("***** Running tokenizer training *****")
     logger.info(f"  model: {sum(p.numel() for p in vqvae.parameters()):,} parameters, codebook {codebook_size}")
-    logger.info(f"  batch: {args.train_batch_size} per process, steps {args.max_train_steps} (from {progress.global_step})")
+    logger.info(f"  batch: {args.train_batch_size} per process, steps {args.max_train_steps} (from {state.global_step})")
     logger.info(f"  perceptual: {'LPIPS-VGG' if perceptual is not None else 'off'}; discriminator: "
                 f"{f'from step {args.disc_start}' if discriminator is not None else 'off'}")
 
     # Train!
     batches = iter(stream)
     totals, code_counts, step_start, images_seen = {}, torch.zeros(codebook_size), time.perf_counter(), 0
-    bar = tqdm(total=args.max_train_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process,
+    bar = tqdm(total=args.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process,
                desc="tokenizer")
-    while progress.global_step < args.max_train_steps:
-        adversarial = discriminator is not None and progress.global_step >= args.disc_start
+    while state.global_step < args.max_train_steps:
+        adversarial = discriminator is not None and state.global_step >= args.disc_start
         for _ in range(args.gradient_accumulation_steps):
             pixel_values = next(batches)["pixel_values"].to(accelerator.device)
             with accelerator.accumulate(vqvae), accelerator.autocast():
@@ -192,10 +190,10 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
             disc_optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             update_ema(ema, vqvae, args.ema_decay)
-        progress.global_step += 1
+        state.global_step += 1
         bar.update(1)
 
-        step = progress.global_step
+        step = state.global_step
         if step % args.log_steps == 0 or step == args.max_train_steps:
             num_steps = args.log_steps if step % args.log_steps == 0 else step % args.log_steps
             code_counts = accelerator.reduce(code_counts.to(accelerator.device), "sum").cpu()
@@ -215,7 +213,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
             bar.set_postfix(reconstruction=f"{logs['loss/reconstruction']:.4f}", usage=f"{logs['codebook/usage']:.2f}")
             totals, code_counts, step_start, images_seen = {}, torch.zeros(codebook_size), time.perf_counter(), 0
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
-            save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, stream)
+            save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, stream)
         if accelerator.is_main_process and (
                 (args.validation_steps and step % args.validation_steps == 0) or step == args.max_train_steps):
             shown = pixel_values[: args.validation_images]
@@ -256,4 +254,4 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_arguments(TokenizerTrainingArguments))
+    run_script(main, TokenizerTrainingArguments)

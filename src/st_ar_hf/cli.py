@@ -98,7 +98,7 @@ def _evaluate(args) -> str:
     samples, reference = load_image_batch(args.samples, "--samples"), load_image_batch(args.reference, "--reference")
     network = feature_network(args.feature_network, args.inception_weights).to(args.device)
     results = evaluate_generation(samples, reference, network, args.batch_size, load_adm_statistics(args.samples),
-                                  load_adm_statistics(args.reference))
+                                  load_adm_statistics(args.reference, "--reference"))
     text = json.dumps(results, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -11,6 +11,7 @@ classes.
 """
 
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,10 @@ def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarra
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{argument} {path}: no such file")
-    with np.load(path, allow_pickle=False) as data:
-        if "arr_0" not in data:
-            raise ValueError(f"{argument} {path}: expected the images under 'arr_0' (ADM format), found {list(data)}")
-        images = data["arr_0"]
+    arrays = _read_npz(path, argument, ["arr_0"])
+    if "arr_0" not in arrays:
+        raise ValueError(f"{argument} {path}: expected the images under 'arr_0' (ADM format), found {arrays['files']}")
+    images = arrays["arr_0"]
     if images.dtype != np.uint8:
         raise ValueError(f"{argument} {path}: images must be uint8 in [0, 255], got {images.dtype}")
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -41,11 +42,20 @@ def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarra
     return images
 
 
-def load_adm_statistics(path: str | Path) -> dict[str, np.ndarray] | None:
+def load_adm_statistics(path: str | Path, argument: str = "--samples") -> dict[str, np.ndarray] | None:
     """The Inception statistics an ADM batch stores beside its images (`mu`, `sigma`: pool; `mu_s`, `sigma_s`:
     spatial), or None when it stores none. ImageNet reference batches hold them for the whole training set."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in ("mu", "sigma", "mu_s", "sigma_s")} if "mu" in data else None
+    statistics = _read_npz(Path(path), argument, ["mu", "sigma", "mu_s", "sigma_s"])
+    return {key: statistics[key] for key in ("mu", "sigma", "mu_s", "sigma_s")} if "mu" in statistics else None
+
+
+def _read_npz(path: Path, argument: str, keys: list[str]) -> dict:
+    """The arrays `keys` (those present) of an `.npz`, and its `files`; never unpickles (object arrays are refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {"files": list(data.files), **{key: data[key] for key in keys if key in data.files}}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:  # object arrays, truncated or foreign files
+        raise ValueError(f"{argument} {path}: not a readable .npz of numeric arrays ({error})") from None
 
 
 def feature_network(name: str | None = None, inception_weights: str | Path | None = None) -> nn.Module:

@@ -34,6 +34,8 @@ class DataArguments:
     image_size: int = 256
     shuffle_buffer: int = 1000
     shuffle_input_shards: int = field(default=10, metadata={"help": "shards mixed into the shuffle buffer at once"})
+    max_skipped_in_a_row: int = field(
+        default=1000, metadata={"help": "stop with an error after this many unusable (undecodable) examples in a row"})
 
     def __post_init__(self):
         sources = [name for name in self.DATA_SOURCES if getattr(self, name) is not None]
@@ -41,9 +43,15 @@ class DataArguments:
             raise ValueError(f"give exactly one data source of {['--' + n for n in self.DATA_SOURCES]}, got {sources}")
         if self.data_format not in ("parquet", "webdataset", "imagefolder"):
             raise ValueError(f"--data_format must be parquet, webdataset or imagefolder, got {self.data_format!r}")
-        for name in ("image_size", "shuffle_buffer", "shuffle_input_shards"):
+        for name in ("image_size", "shuffle_buffer", "shuffle_input_shards", "max_skipped_in_a_row"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def data_source(self) -> str:
+        """The data as errors name it, e.g. `--dataset ILSVRC/imagenet-1k`."""
+        name = next(name for name in self.DATA_SOURCES if getattr(self, name) is not None)
+        return f"--{name} {getattr(self, name)}"
 
 
 @dataclass
@@ -81,6 +89,8 @@ class RunArguments(HubArguments, DataArguments):
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "a fresh run deletes another run's checkpoints and metrics in --output_dir"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -119,24 +129,66 @@ def parse_arguments(cls, argv=None, default_config: str | None = None):
     hints = typing.get_type_hints(cls)
     for name, f in fields.items():
         kind = _flag_type(hints[name])
-        kind = {bool: _to_bool, dict: json.loads}.get(kind, kind)
+        kind = {bool: _to_bool, dict: _json_mapping}.get(kind, kind)
         parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=f.metadata.get("help"),
                             nargs="?" if kind is _to_bool else None, const=True if kind is _to_bool else None)
     argv = sys.argv[1:] if argv is None else argv
     flags = vars(parser.parse_args(argv))
     config_file = flags.pop("config", None) or (default_config if not argv else None)
     values = _read_config(Path(config_file), set(fields), cls.__name__) if config_file is not None else {}
+    for name, value in values.items():  # command-line flags were converted by argparse; YAML values are checked here
+        kind = _flag_type(hints[name])
+        if value is not None and not _is_a(value, kind):
+            raise ValueError(f"--{name} must be {kind.__name__}, got {value!r} in {config_file}")
     return cls(**{**values, **flags})
 
 
-def _read_config(path: Path, fields: set[str], class_name: str) -> dict:
+def _is_a(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _json_mapping(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"hidden_size\": 64}}', got {text!r}")
+    return value
+
+
+def run_script(main, cls, default_config: str | None = None) -> None:
+    """A script's entry point: `main(parse_arguments(cls, ...))`, where a `ValueError` (a bad setting, unusable data,
+    a foreign checkpoint) ends the process with its one-line message and exit code 2 instead of a traceback."""
+    try:
+        main(parse_arguments(cls, default_config=default_config))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _read_config(path: Path, fields: set[str], class_name: str, seen: tuple[Path, ...] = ()) -> dict:
     """A YAML config; `base: other.yaml` (relative to this file) is read first and overridden by the other keys."""
-    values = yaml.safe_load(path.read_text()) or {}
+    if path.resolve() in seen:
+        raise ValueError(f"--config: the chain of base: files loops back to {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ValueError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must hold a mapping of settings, got a {type(values).__name__}")
     base = values.pop("base", None)
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; {class_name} accepts {sorted(fields)}")
-    return {**(_read_config(path.parent / base, fields, class_name) if base else {}), **values}
+    inherited = _read_config(path.parent / base, fields, class_name, (*seen, path.resolve())) if base else {}
+    return {**inherited, **values}
 
 
 @dataclass

@@ -1,31 +1,88 @@
-"""Checkpoints that survive interruption, resume, and pipeline export."""
+"""Checkpoints that survive interruption, resume without running pickled code, and never mix two runs.
+
+A checkpoint folder holds accelerate's state (models as safetensors; optimiser, scheduler and RNG states, which
+accelerate reads back with `torch.load(weights_only=True)`), `training_state.json` (step counters and the run's
+id), `<name>.safetensors` for each frozen module of the run (the EMA teacher) and `stream_<process>.json` (each
+process's data position). Nothing in it is ever unpickled with code execution.
+"""
 
 import json
+import pickle
 import re
 import shutil
+import uuid
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
+from accelerate.utils import load
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+STATE_FILE = "training_state.json"
 
 
-class TrainingProgress:
-    """The step counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+class TrainingState:
+    """What a run saves beyond accelerate's state: its step counters, the id that tells its checkpoints from another
+    run's, and the frozen modules it keeps outside the optimiser (`modules`: name -> module, e.g. the EMA teacher)."""
 
-    def __init__(self):
-        self.global_step, self.nonfinite_in_a_row = 0, 0
+    def __init__(self, **modules: torch.nn.Module):
+        self.modules = modules
+        self.global_step, self.nonfinite_in_a_row, self.run_id = 0, 0, uuid.uuid4().hex
 
-    def state_dict(self) -> dict:
-        return {"global_step": self.global_step, "nonfinite_in_a_row": self.nonfinite_in_a_row}
+    def save(self, folder: Path) -> None:
+        counters = {"global_step": self.global_step, "nonfinite_in_a_row": self.nonfinite_in_a_row, "run_id": self.run_id}
+        (folder / STATE_FILE).write_text(json.dumps(counters) + "\n")
+        for name, module in self.modules.items():
+            save_model(module, str(folder / f"{name}.safetensors"))
 
-    def load_state_dict(self, state: dict) -> None:
-        self.global_step, self.nonfinite_in_a_row = state["global_step"], state["nonfinite_in_a_row"]
+    def load(self, folder: Path) -> None:
+        counters = json.loads((folder / STATE_FILE).read_text())
+        self.global_step, self.nonfinite_in_a_row, self.run_id = (
+            counters["global_step"], counters["nonfinite_in_a_row"], counters["run_id"])
+        for name, module in self.modules.items():
+            try:
+                load_model(module, str(folder / f"{name}.safetensors"))
+            except (OSError, RuntimeError, SafetensorError) as error:  # missing, truncated, other keys or shapes
+                raise ValueError(f"--resume_from_checkpoint {folder}: {name}.safetensors does not fit this run's "
+                                 f"{name} ({str(error).splitlines()[-1].strip()})") from None
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first. A save in progress lives under another name and never shows here."""
+def run_id_of(checkpoint: Path) -> str | None:
+    """The id of the run that wrote `checkpoint`; None for a folder without our training state."""
+    try:
+        return json.loads((checkpoint / STATE_FILE).read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def list_checkpoints(output_dir: str | Path, run_id: str | None = None) -> list[Path]:
+    """Complete checkpoints (of the run `run_id` when given), oldest first. A save in progress lives under another
+    name and never shows here."""
     found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
              if (m := CHECKPOINT_PATTERN.fullmatch(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
+    return [p for _, p in sorted(found) if run_id is None or run_id_of(p) == run_id]
+
+
+def claim_output_dir(output_dir: str | Path, resume_from_checkpoint: str | None, overwrite_output_dir: bool) -> None:
+    """A fresh run (no --resume_from_checkpoint) never starts among another run's checkpoints and metrics: it refuses
+    such a folder, or with --overwrite_output_dir deletes them first (main process). Call before any work."""
+    if resume_from_checkpoint is not None:
+        return
+    output_dir = Path(output_dir)
+    found = list_checkpoints(output_dir) + [p for p in [output_dir / "metrics.jsonl"] if p.exists()]
+    if not found:
+        return
+    if not overwrite_output_dir:
+        raise ValueError(f"--output_dir {output_dir} holds another run ({', '.join(p.name for p in found)}): resume it "
+                         "with --resume_from_checkpoint latest, choose another --output_dir, or pass "
+                         "--overwrite_output_dir to delete its checkpoints and metrics")
+    state = PartialState()
+    if state.is_main_process:
+        for path in found:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    state.wait_for_everyone()
 
 
 def resolve_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None) -> Path | None:
@@ -41,16 +98,35 @@ def resolve_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | Non
     return path
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None, stream=None) -> Path:
-    """`accelerator.save_state` into `checkpoint-{step}.partial` on every process, plus each process's data-stream
-    position (`stream_{process_index}.json`: accelerate saves registered objects from the main process only), then
-    an atomic rename to `checkpoint-{step}` by the main process, then removal of the oldest beyond `total_limit`."""
+def resume_run(accelerator, output_dir: str | Path, resume_from_checkpoint: str | None, state: TrainingState,
+               stream=None) -> Path | None:
+    """Loads the checkpoint named by --resume_from_checkpoint (None when the run starts fresh) and drops the lines
+    of `metrics.jsonl` logged after it, so that the file holds each step of one run once."""
+    checkpoint = resolve_checkpoint(output_dir, resume_from_checkpoint)
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, state, stream)
+    metrics = Path(output_dir) / "metrics.jsonl"
+    if accelerator.is_main_process and metrics.is_file():
+        metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
+                                   if _logged_step(line) <= state.global_step))
+    accelerator.wait_for_everyone()
+    return checkpoint
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, state: TrainingState, total_limit: int | None,
+                    stream=None) -> Path:
+    """`accelerator.save_state` into `checkpoint-{step}.partial` on every process, the run's `TrainingState` (main
+    process) and each process's data-stream position, then an atomic rename to `checkpoint-{step}` by the main
+    process, then removal of this run's oldest checkpoints beyond `total_limit` (never another run's)."""
     output_dir = Path(output_dir)
+    step = state.global_step
     final, partial = output_dir / f"checkpoint-{step}", output_dir / f"checkpoint-{step}.partial"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)  # left by an interrupted save
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        state.save(partial)
     if stream is not None:
         (partial / f"stream_{accelerator.process_index}.json").write_text(json.dumps(stream.state_dict()))
     accelerator.wait_for_everyone()
@@ -59,18 +135,48 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
             shutil.rmtree(final)
         partial.rename(final)
         if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
+            for old in list_checkpoints(output_dir, state.run_id)[:-total_limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator, checkpoint: str | Path, stream=None) -> None:
-    """Restores what `save_checkpoint` wrote: models, optimiser, scheduler, RNG, registered objects, stream position."""
-    accelerator.load_state(str(checkpoint))
+def load_checkpoint(accelerator, checkpoint: str | Path, state: TrainingState, stream=None) -> None:
+    """Restores what `save_checkpoint` wrote: models, optimiser, scheduler, RNG, the `TrainingState`, the stream
+    position. Refuses a folder with pickled custom state (older versions, or someone else's) before reading it, and
+    names the file that does not load with `weights_only=True`."""
+    checkpoint = Path(checkpoint)
+    pickled_state = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
+    if pickled_state or not (checkpoint / STATE_FILE).is_file():
+        raise ValueError(f"--resume_from_checkpoint {checkpoint} is not a checkpoint of this version: it has "
+                         f"{pickled_state or f'no {STATE_FILE}'} (pickled training state is never loaded)")
+    for rng_file in checkpoint.glob("random_states_*.pkl"):  # accelerate skips an unreadable one silently
+        _load_weights_only(rng_file)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: a file does not load with weights_only=True "
+                         f"(code in a pickle is never run): {error}") from None
+    state.load(checkpoint)
     if stream is not None:
-        state_file = Path(checkpoint) / f"stream_{accelerator.process_index}.json"
+        state_file = checkpoint / f"stream_{accelerator.process_index}.json"
         if not state_file.is_file():
             raise ValueError(f"{checkpoint} has no data-stream state for process {accelerator.process_index} "
                              "(saved with another number of processes?)")
         stream.load_state_dict(json.loads(state_file.read_text()))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a killed process counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _load_weights_only(path: Path):
+    try:
+        return load(path, map_location="cpu")  # accelerate's torch.load(weights_only=True), numpy arrays allowed
+    except Exception as error:  # a foreign pickle, a truncated file
+        raise ValueError(f"--resume_from_checkpoint {path.parent}: {path.name} does not load with weights_only=True "
+                         f"(code in a pickle is never run): {type(error).__name__}") from None

@@ -182,21 +182,25 @@ class ExampleStream:
             datasets 5.2 pauses about 5 s at the end of each epoch while its reader threads shut down.
         transform: (raw example, np.random.Generator, counts) -> dict of tensors, or None to skip the example
             (counted as `counts["skipped"]`); it may count other events in `counts`.
+        max_skipped_in_a_row: a `ValueError` naming `source` after this many skipped examples in a row, or after an
+            epoch that yields nothing, instead of looping over unusable data forever.
     """
 
     def __init__(self, dataset: IterableDataset, transform: Callable, batch_size: int, seed: int,
-                 process_index: int = 0, num_processes: int = 1, shuffle_buffer: int = 1000, shuffle_input_shards: int = 10):
+                 process_index: int = 0, num_processes: int = 1, shuffle_buffer: int = 1000, shuffle_input_shards: int = 10,
+                 max_skipped_in_a_row: int = 1000, source: str = "the training data"):
         shuffled = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer, max_buffer_input_shards=shuffle_input_shards)
         self.dataset = split_dataset_by_node(shuffled, rank=process_index, world_size=num_processes)
         self.transform, self.batch_size = transform, batch_size
         self.seed, self.process_index = seed, process_index
+        self.max_skipped_in_a_row, self.source = max_skipped_in_a_row, source
         self.epoch, self.position, self.digest = 0, 0, 0
         self.counts = Counter()
 
     def __iter__(self):
         while True:
             self.dataset.set_epoch(self.epoch)
-            batch = []
+            batch, whole_epoch, kept_this_epoch, skipped_in_a_row = [], self.position == 0, 0, 0
             for index, example in enumerate(self.dataset):
                 if index < self.position:
                     continue
@@ -205,7 +209,11 @@ class ExampleStream:
                 item = self.transform(example, rng, self.counts)
                 if item is None:
                     self.counts["skipped"] += 1
+                    skipped_in_a_row += 1
+                    if skipped_in_a_row >= self.max_skipped_in_a_row:
+                        raise ValueError(self._unusable(f"{skipped_in_a_row} examples in a row could not be used"))
                     continue
+                kept_this_epoch, skipped_in_a_row = kept_this_epoch + 1, 0
                 self.counts["examples"] += 1
                 self.digest = (self.digest + _payload_digest(example)) % (1 << 61)
                 batch.append(item)
@@ -213,8 +221,16 @@ class ExampleStream:
                     yield {key: torch.stack([item[key] for item in batch]) for key in batch[0]}
                     batch = []
             if self.position == 0:
-                raise ValueError("the training data is empty for this process (fewer shards or examples than processes?)")
+                raise ValueError(f"{self.source} is empty for process {self.process_index} (fewer shards or examples "
+                                 "than processes?)")
+            if whole_epoch and kept_this_epoch < self.batch_size:  # no batch now, none in any later epoch
+                raise ValueError(self._unusable(f"a whole epoch gave {kept_this_epoch} usable examples, fewer than "
+                                                f"a batch of {self.batch_size}"))
             self.epoch, self.position = self.epoch + 1, 0
+
+    def _unusable(self, what: str) -> str:
+        return (f"{self.source}: {what} on process {self.process_index} (undecodable images? skipped "
+                f"{self.counts['skipped']}, used {self.counts['examples']} so far)")
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "digest": self.digest, "counts": dict(self.counts)}

@@ -1,0 +1,161 @@
+"""Hostile and malformed inputs: no code runs from a pickle, no run loses or mixes checkpoints, no endless loop on
+unusable data, no silent garbage from invalid numbers, no finished work thrown away, and a clean error naming the
+input everywhere else. Each payload test asserts that its marker file was never created."""
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+import yaml
+from accelerate import Accelerator
+from datasets import ClassLabel, Dataset, Features
+from datasets import Image as ImageFeature
+
+from st_ar_hf.training.arguments import ARTrainingArguments, parse_arguments
+from st_ar_hf.training.checkpointing import (
+    TrainingState, claim_output_dir, list_checkpoints, resume_run, save_checkpoint,
+)
+from st_ar_hf.training.data import ExampleStream, decode_image, load_stream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Payload:
+    """Unpickling this creates `marker`: the proof that code from a file ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+# ------------------------------------------------------------------------------------------- 1. no pickle execution
+
+
+def _run_with_checkpoint(tmp_path, step: int = 3):
+    """An accelerate run (model, optimiser, EMA copy) with one checkpoint saved at `step`."""
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    teacher = torch.nn.Linear(4, 3)
+    state = TrainingState(teacher=teacher)
+    state.global_step = step
+    checkpoint = save_checkpoint(accelerator, tmp_path / "run", state, total_limit=None)
+    return accelerator, model, teacher, state, checkpoint
+
+
+def test_checkpoint_holds_no_pickled_training_state_and_resumes_it(tmp_path):
+    accelerator, model, teacher, state, checkpoint = _run_with_checkpoint(tmp_path)
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    assert json.loads((checkpoint / "training_state.json").read_text())["global_step"] == 3
+    restored = TrainingState(teacher=torch.nn.Linear(4, 3))
+    assert resume_run(accelerator, tmp_path / "run", "latest", restored) == checkpoint
+    assert restored.global_step == 3 and restored.run_id == state.run_id
+    assert torch.equal(restored.modules["teacher"].weight, teacher.weight)
+
+
+@pytest.mark.parametrize("file", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_resume_from_a_checkpoint_carrying_a_pickle_payload_runs_nothing(tmp_path, file):
+    accelerator, *_, checkpoint = _run_with_checkpoint(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"state": Payload(marker)}, checkpoint / file)
+    with pytest.raises(ValueError, match=r"--resume_from_checkpoint .*(never|weights_only=True)") as error:
+        resume_run(accelerator, tmp_path / "run", str(checkpoint), TrainingState(teacher=torch.nn.Linear(4, 3)))
+    assert not marker.exists()
+    if file != "optimizer.bin":  # accelerate names nothing when the optimiser fails; ours names the checkpoint
+        assert file in str(error.value)
+
+
+def test_teacher_of_another_shape_is_refused_with_the_file_named(tmp_path):
+    accelerator, *_, checkpoint = _run_with_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="teacher.safetensors does not fit this run's teacher"):
+        resume_run(accelerator, tmp_path / "run", str(checkpoint), TrainingState(teacher=torch.nn.Linear(5, 3)))
+
+
+def test_npz_with_object_arrays_is_refused_with_the_file_named(tmp_path):
+    from st_ar_hf.evaluation import load_image_batch
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "ref.npz"
+    with path.open("wb") as f:
+        import numpy as np
+
+        np.savez(f, arr_0=np.array([Payload(marker)], dtype=object))
+    with pytest.raises(ValueError, match=r"--reference .*ref.npz: not a readable .npz of numeric arrays"):
+        load_image_batch(path, "--reference")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------- 2. a run never loses checkpoints
+
+
+def test_fresh_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path):
+    _run_with_checkpoint(tmp_path)
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ValueError, match=r"--output_dir .* holds another run \(checkpoint-3, metrics.jsonl\)"):
+        claim_output_dir(tmp_path / "run", None, overwrite_output_dir=False)
+    claim_output_dir(tmp_path / "run", "latest", overwrite_output_dir=False)  # resuming it is fine
+    claim_output_dir(tmp_path / "run", None, overwrite_output_dir=True)
+    assert not list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_rotation_removes_only_the_checkpoints_of_the_run_that_wrote_them(tmp_path):
+    accelerator, *_ = _run_with_checkpoint(tmp_path, step=50)  # another run's, at a higher step
+    state = TrainingState()
+    for step in (1, 2, 3):
+        state.global_step = step
+        save_checkpoint(accelerator, tmp_path / "run", state, total_limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2", "checkpoint-3", "checkpoint-50"]
+    assert [p.name for p in list_checkpoints(tmp_path / "run", state.run_id)] == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_resume_keeps_metrics_up_to_the_checkpoint_once(tmp_path):
+    accelerator, *_ = _run_with_checkpoint(tmp_path)
+    lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)] + ['{"step": 6, "lo']  # killed mid-line
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(lines))
+    resume_run(accelerator, tmp_path / "run", "latest", TrainingState(teacher=torch.nn.Linear(4, 3)))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+# -------------------------------------------------------------------------------- 3. no hang on unusable data
+
+
+def _broken_shards(tmp_path, num_images=6, good=0) -> str:
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
+    images = []
+    for i in range(num_images):
+        buffer = io.BytesIO()
+        PIL.Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue() if i < good else b"not an image", "path": None})
+    Dataset.from_dict({"image": images, "label": [0] * num_images}, features=features).to_parquet(
+        str(tmp_path / "train-0.parquet"))
+    return str(tmp_path / "train-*.parquet")
+
+
+def _decodable(example, rng, counts):
+    image = decode_image(example["image"])
+    return None if image is None else {"x": torch.zeros(1)}
+
+
+@pytest.mark.parametrize(("good", "limit", "message"), [
+    (0, 4, r"--train_data_files .*: 4 examples in a row could not be used on process 0 .*skipped 4, used 0"),
+    (0, 100, r"a whole epoch gave 0 usable examples, fewer than a batch of 2 .*skipped 6, used 0"),
+    (1, 100, r"a whole epoch gave 1 usable examples, fewer than a batch of 2"),
+])
+def test_stream_of_unusable_examples_stops_with_the_source_and_counts(tmp_path, good, limit, message):
+    files = _broken_shards(tmp_path, good=good)
+    stream = ExampleStream(load_stream(data_files=files).decode(False), _decodable, batch_size=2, seed=0,
+                           shuffle_buffer=4, shuffle_input_shards=1, max_skipped_in_a_row=limit,
+                           source=f"--train_data_files {files}")
+    with pytest.raises(ValueError, match=message):
+        next(iter(stream))
