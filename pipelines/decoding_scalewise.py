@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from .sampling import Generators, exponential_noise, filter_logits
+from .sampling import Generators, exponential_noise, filter_logits, race
 
 # FlexVAR samples these sides with the caller's top-k and every other side greedily (top-k 1)
 FLEXVAR_TOP_K_SIDES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 23, 24, 32)
@@ -88,7 +88,7 @@ def generate(
         logits = filter_logits(logits.flatten(0, 1) / max(temperature, 1e-5),
                                scale_top_k(model_type, side, top_k, trained_side), top_p)  # [B s^2, V]
         noise = exponential_noise(generator, (batch, side * side, vocab), device).flatten(0, 1)
-        maps.append((logits.softmax(-1) / noise).argmax(-1).view(batch, side, side))
+        maps.append(race(logits, noise).view(batch, side, side))
         if callback is not None and (replaced := callback(k, maps)) is not None:
             maps[-1] = replaced[-1]
         if more_smooth:

@@ -54,6 +54,10 @@ FAMILIES = {
 PIPELINE_CODE = [path for path in Path(__file__).parent.glob("*.py") if path.name != "__init__.py"]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 @dataclass
 class STARPipelineOutput(BaseOutput):
     """
@@ -143,33 +147,38 @@ class STARPipeline(DiffusionPipeline):
         (`family_arguments`: cfg_interval, compile_decoding, scales, more_smooth)."""
         self.check_components()
         config = self.transformer.config
+        if isinstance(class_labels, (torch.Tensor, np.ndarray)):
+            class_labels = class_labels.tolist()
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
-        if not class_labels:
-            raise ValueError("class_labels must name at least one class")
+        if not isinstance(class_labels, (list, tuple)) or not class_labels:
+            raise ValueError(f"class_labels must be a class name, an id, or a non-empty list of them, got {class_labels!r}")
         ids = []
         for label in class_labels:
             if isinstance(label, str):
                 ids += self.get_label_ids(label)
-            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < config.num_classes:
+            elif _is_int(label) and 0 <= label < config.num_classes:
                 ids.append(int(label))
             else:
                 raise ValueError(f"class_labels: {label!r} is neither a class name nor an id in [0, {config.num_classes})")
-        if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
+        if not _is_int(num_images_per_label) or num_images_per_label < 1:
             raise ValueError(f"num_images_per_label must be a positive int, got {num_images_per_label!r}")
         if guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale < math.inf):
             raise ValueError(f"guidance_scale must be >= 0 and finite, or None for the family's default "
                              f"({self.family.guidance_scale}), got {guidance_scale!r}")
         if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
             raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}")
-        if not 0 <= top_k <= config.vocab_size:
-            raise ValueError(f"top_k must be in [0, {config.vocab_size}] (0 = off), got {top_k}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p}")
+        if not (_is_int(top_k) and 0 <= top_k <= config.vocab_size):
+            raise ValueError(f"top_k must be an int in [0, {config.vocab_size}] (0 = off), got {top_k!r}")
+        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p!r}")
         num_images = len(ids) * num_images_per_label
         if isinstance(generator, list) and len(generator) != num_images:
             raise ValueError(f"generator is a list of {len(generator)} but the call makes {num_images} images "
                              f"({len(ids)} labels x {num_images_per_label})")
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {generator!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)

@@ -38,15 +38,32 @@ def exponential_noise(generator: Generators, shape: tuple[int, ...], device: tor
     return noise.to(device, non_blocking=True)
 
 
+def refuse_nan(values: torch.Tensor) -> None:
+    """Stops sampling from NaN logits or probabilities (broken weights, overflow), which would otherwise pick code 0
+    everywhere: a `ValueError` on the CPU, an asynchronous device assert elsewhere (no host sync in the loop)."""
+    has_nan = torch.isnan(values).any()
+    if values.device.type != "cpu":
+        torch._assert_async(~has_nan, "the model produced NaN logits")
+    elif has_nan:
+        raise ValueError("the model produced NaN logits (broken or overflowing weights?): no token can be sampled")
+
+
+def race(logits: torch.Tensor, noise: torch.Tensor) -> torch.LongTensor:
+    """Filtered logits [N, V] and Exp(1) noise [N, V] -> tokens [N]: argmax(p / noise) is a categorical draw from
+    p = softmax(logits) (the exponential race)."""
+    probs = logits.softmax(-1)
+    refuse_nan(probs)
+    return (probs / noise).argmax(-1)
+
+
 def sample(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, noise: torch.Tensor | None = None
 ) -> torch.LongTensor:
-    """logits [B, V] -> tokens [B]. With Exp(1) `noise`, argmax(p / noise) is a categorical draw from p (the
-    exponential race); without it, the most likely token."""
+    """logits [B, V] -> tokens [B]: a draw with Exp(1) `noise` (`race`), the most likely token without it."""
     if noise is None:
+        refuse_nan(logits)
         return logits.argmax(-1)
-    probs = filter_logits(logits / max(temperature, 1e-5), top_k, top_p).softmax(-1)
-    return (probs / noise).argmax(-1)
+    return race(filter_logits(logits / max(temperature, 1e-5), top_k, top_p), noise)
 
 
 def guide(logits: torch.Tensor, guidance_scale: float, apply: bool = True) -> torch.Tensor:

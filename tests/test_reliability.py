@@ -159,3 +159,61 @@ def test_stream_of_unusable_examples_stops_with_the_source_and_counts(tmp_path, 
                            source=f"--train_data_files {files}")
     with pytest.raises(ValueError, match=message):
         next(iter(stream))
+
+
+# --------------------------------------------------------------------- 4. no silent garbage from invalid numbers
+
+
+@pytest.fixture(params=["llamagen", "var"])
+def pipe(request, tiny_gpt, tiny_vq, tiny_var, tiny_var_vqvae):
+    from st_ar_hf import STARPipeline
+
+    transformer, vqvae = (tiny_gpt, tiny_vq) if request.param == "llamagen" else (tiny_var, tiny_var_vqvae)
+    pipe = STARPipeline(transformer=transformer, vqvae=vqvae, id2label={i: f"class {i}" for i in range(10)})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(("argument", "value"), [
+    ("guidance_scale", float("nan")), ("guidance_scale", float("inf")), ("guidance_scale", "2.0"),
+    ("temperature", float("nan")), ("temperature", float("inf")), ("temperature", 0.0),
+    ("top_p", float("nan")), ("top_p", "0.9"), ("top_k", 2.5), ("top_k", -1),
+    ("num_images_per_label", 1.0), ("generator", [1]), ("generator", "seed"),
+])
+def test_invalid_call_arguments_are_refused_before_decoding_with_the_argument_named(pipe, argument, value):
+    with pytest.raises(ValueError, match=rf"^{argument} "):
+        pipe([1], output_type="np", **{argument: value})
+
+
+def test_labels_as_tensors_or_arrays_are_accepted(pipe):
+    import numpy as np
+
+    expected = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="np").tokens
+    for labels in (torch.tensor([1, 2]), np.array([1, 2])):
+        out = pipe(labels, generator=torch.Generator().manual_seed(0), output_type="np")
+        assert all(torch.equal(a, b) for a, b in zip(out.tokens, expected))
+    with pytest.raises(ValueError, match="class_labels must be"):
+        pipe({1: 2}, output_type="np")
+
+
+def test_nan_weights_stop_sampling_instead_of_emitting_code_zero(pipe):
+    with torch.no_grad():
+        next(p for n, p in pipe.transformer.named_parameters() if "head" in n).fill_(float("nan"))
+    for generator in (torch.Generator().manual_seed(0), None):  # sampled, and (LlamaGen) greedy decoding paths
+        with pytest.raises(ValueError, match="the model produced NaN logits"):
+            pipe([1], generator=generator, output_type="np")
+
+
+@pytest.mark.parametrize(("config", "setting", "value"), [
+    ("llamagen", "rms_norm_eps", 0.0), ("llamagen", "rope_theta", -1.0), ("llamagen", "rope_theta", float("nan")),
+    ("llamagen", "initializer_range", float("inf")), ("llamagen_vqvae", "commit_loss_beta", -0.25),
+    ("llamagen_vqvae", "dropout", 1.0), ("var", "layer_norm_eps", 0.0), ("var", "init_head", float("nan")),
+    ("var_vqvae", "commit_loss_beta", float("nan")),
+])
+def test_configs_refuse_non_positive_and_non_finite_values_with_the_setting_named(config, setting, value):
+    from st_ar_hf import LlamaGenConfig, LlamaGenVQVAEConfig, VARConfig, VARVQVAEConfig
+
+    cls = {"llamagen": LlamaGenConfig, "llamagen_vqvae": LlamaGenVQVAEConfig, "var": VARConfig,
+           "var_vqvae": VARVQVAEConfig}[config]
+    with pytest.raises(ValueError, match=rf"^{setting} must be"):
+        cls(**{setting: value})

@@ -71,6 +71,13 @@ class LlamaGenVQVAEConfig(PreTrainedConfig):
         for name in ("num_res_blocks", "codebook_size", "codebook_embed_dim", "in_channels", "out_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("commit_loss_beta", "entropy_loss_ratio"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.initializer_range < math.inf:
+            raise ValueError(f"initializer_range must be > 0 and finite, got {self.initializer_range}")
 
     @property
     def downsample_factor(self) -> int:
@@ -157,6 +164,9 @@ class LlamaGenConfig(PreTrainedConfig):
         for name in ("class_dropout_prob", "token_dropout", "residual_dropout", "ffn_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         if math.isqrt(self.block_size) ** 2 != self.block_size:
             raise ValueError(f"block_size {self.block_size} is not a square token grid (e.g. 256 = 16x16, 576 = 24x24)")
 

@@ -6,6 +6,8 @@ A scale schedule (`patch_nums`, VAR's name) lists the side of each token map, co
 architecture only; training settings live in the training arguments.
 """
 
+import math
+
 from transformers import PreTrainedConfig
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # 256 px
@@ -100,6 +102,9 @@ class VARVQVAEConfig(PreTrainedConfig):
             raise ValueError(f"quant_resi must be in (0, 1], got {self.quant_resi}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("commit_loss_beta", "initializer_range"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
 
     @property
     def downsample_factor(self) -> int:
@@ -171,8 +176,11 @@ class VARConfig(PreTrainedConfig):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("layer_norm_eps", "initializer_range"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
+        for name in ("mlp_ratio", "init_head", "init_adaln", "init_adaln_gamma"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
 
     @property
     def head_dim(self) -> int:
