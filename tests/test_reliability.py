@@ -217,3 +217,123 @@ def test_configs_refuse_non_positive_and_non_finite_values_with_the_setting_name
            "var_vqvae": VARVQVAEConfig}[config]
     with pytest.raises(ValueError, match=rf"^{setting} must be"):
         cls(**{setting: value})
+
+
+def test_resume_refuses_settings_that_shape_the_model_and_reports_the_others(tmp_path, caplog):
+    accelerator = Accelerator(cpu=True)
+    settings = {"model": "B", "learning_rate": 1e-4, "resume_from_checkpoint": None}
+    state = TrainingState(settings)
+    save_checkpoint(accelerator, tmp_path / "run", state, total_limit=None)
+    changed = TrainingState({**settings, "model": "L", "learning_rate": 2e-4, "resume_from_checkpoint": "latest"})
+    with pytest.raises(ValueError, match=r"shape the model or data: --model 'B' -> 'L'$|--model 'B' -> 'L';"):
+        resume_run(accelerator, tmp_path / "run", "latest", changed, fixed_settings=("model",))
+    resumed = TrainingState({**settings, "learning_rate": 2e-4, "resume_from_checkpoint": "latest"})
+    resume_run(accelerator, tmp_path / "run", "latest", resumed, fixed_settings=("model",))
+    assert "--learning_rate 0.0001 -> 0.0002" in caplog.text and "resume_from_checkpoint" not in caplog.text
+
+
+# ------------------------------------------------------------------- 5. finished work is never thrown away
+
+
+def _cli(*argv) -> int:
+    from st_ar_hf.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    return code
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--out", "{tmp}/missing/grid.png"], r"--out .*grid.png: the folder .*missing does not exist"),
+    (["--out", "{tmp}/grid.txt"], r"--out .*grid.txt: expected a file ending in .png"),
+    (["--out", "{tmp}/grid.png", "--device", "cuda:0"], r"--device cuda:0: CUDA is not available"),
+    (["--out", "{tmp}/grid.png", "--device", "gpu"], r"--device 'gpu'"),
+])
+def test_sample_checks_its_output_and_device_before_loading_anything(tmp_path, capsys, argv, message):
+    if "cuda:0" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert _cli("sample", "--model", str(tmp_path / "no-model-here"), "--labels", "1", *argv) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_evaluate_checks_out_first_and_prints_results_before_writing(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, count in (("one", 1), ("many", 4)):
+        np.savez(tmp_path / f"{name}.npz", rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8))
+    base = ["evaluate", "--samples", str(tmp_path / "many.npz"), "--reference", str(tmp_path / "many.npz")]
+    assert _cli(*base, "--out", str(tmp_path / "missing" / "r.json")) == 2
+    assert "--out" in capsys.readouterr().err
+    assert _cli(*base[:2], str(tmp_path / "one.npz"), *base[3:]) == 2
+    assert "--samples holds 1 image(s): the statistics need at least 2" in capsys.readouterr().err
+    assert _cli(*base, "--batch-size", "0") == 2
+    assert "--batch-size: expected an int >= 1, got 0" in capsys.readouterr().err
+
+
+def test_convert_refuses_bad_heads_empty_files_and_an_existing_model(tmp_path, capsys, tiny_gpt):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    base = ["convert", "llamagen-gpt", "--checkpoint", str(tmp_path / "empty.pt")]
+    assert _cli(*base, "--output", str(tmp_path / "out"), "--num-attention-heads", "0") == 2
+    assert "--num-attention-heads: expected an int >= 1, got 0" in capsys.readouterr().err
+    assert _cli(*base, "--output", str(tmp_path / "out")) == 2
+    assert "--checkpoint: checkpoint" in (err := capsys.readouterr().err) and "empty or truncated file" in err
+    tiny_gpt.save_pretrained(tmp_path / "existing")
+    assert _cli(*base, "--output", str(tmp_path / "existing")) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and "already holds a file or a model" in err and "--overwrite" in err
+
+
+# ---------------------------------------------------------------- 6. clean errors at every other entry point
+
+
+def test_saved_pipelines_with_broken_files_are_named(tmp_path, tiny_gpt, tiny_vq):
+    from st_ar_hf import STARPipeline
+    from st_ar_hf.hub import load_star_pipeline
+
+    STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq).save_pretrained(tmp_path / "pipe")
+    weights = tmp_path / "pipe" / "transformer" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"--model .*unreadable weights \['transformer/model.safetensors'\]"):
+        load_star_pipeline(str(tmp_path / "pipe"))
+    (tmp_path / "pipe" / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="model_index.json must hold a mapping, got a list"):
+        load_star_pipeline(str(tmp_path / "pipe"))
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (None, r"--config .*missing.yaml: cannot read it"),
+    ("- a list\n", r"--config .* must hold a mapping of settings, got a list"),
+    ("base: bad.yaml\n", r"the chain of base: files loops back to"),
+    ("model_config: [1, 2]\n", r"--model_config must be dict, got \[1, 2\]"),
+    ("train_batch_size: many\n", r"--train_batch_size must be int, got 'many'"),
+])
+def test_training_configs_fail_with_one_line_and_exit_code_2(tmp_path, config, message):
+    path = tmp_path / ("missing.yaml" if config is None else "bad.yaml")
+    if config is not None:
+        path.write_text(config)
+    run = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config", str(path)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr, run.stderr
+    assert __import__("re").search(message, run.stderr)
+
+
+def test_command_line_model_config_must_be_a_json_object(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_arguments(ARTrainingArguments, ["--model_config", "[1]"])
+    assert exit.value.code == 2 and "expected a JSON object" in capsys.readouterr().err
+
+
+def test_fresh_training_run_among_another_runs_checkpoints_exits_2_naming_output_dir(tmp_path):
+    (tmp_path / "run" / "checkpoint-5").mkdir(parents=True)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"embedded_dataset_dir": str(tmp_path / "mnist"), "vqvae": str(tmp_path / "vq"),
+                                      "output_dir": str(tmp_path / "run"), "resume_from_checkpoint": None}))
+    run = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2 and "--output_dir" in run.stderr and "--overwrite_output_dir" in run.stderr
+    assert (tmp_path / "run" / "checkpoint-5").is_dir() and not (tmp_path / "mnist").exists()  # nothing done

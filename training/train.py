@@ -180,9 +180,9 @@ def main(args: ARTrainingArguments) -> None:
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     if objective.projector is not None:  # DDP refuses a module without trainable parameters
         objective = accelerator.prepare(objective)
-    state = TrainingState(**({"teacher": teacher} if teacher is not None else {}))  # step counters, run id, teacher
+    state = TrainingState(vars(args), **({"teacher": teacher} if teacher is not None else {}))
 
-    checkpoint = resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream)
+    checkpoint = resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream, args.RESUME_FIXED)
     if checkpoint is not None:
         logger.info(f"resumed from {checkpoint} at step {state.global_step}")
     if accelerator.is_main_process:

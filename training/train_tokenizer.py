@@ -136,8 +136,8 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
                                           betas=(args.adam_beta1, args.adam_beta2))
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
-    state = TrainingState(**({"ema": ema} if ema is not None else {}))  # step counters, run id, ema
-    resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream)
+    state = TrainingState(vars(args), **({"ema": ema} if ema is not None else {}))
+    resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream, args.RESUME_FIXED)
     if accelerator.is_main_process:
         accelerator.init_trackers("st-ar-tokenizer", config={k: v for k, v in vars(args).items() if not isinstance(v, dict)})
     codebook_size = accelerator.unwrap_model(vqvae).config.codebook_size

@@ -20,6 +20,14 @@ CONVERT_KINDS = {
     "flexvar": "FlexVAR transformer (FlexVARd16-epo179.pth, ...) or SAR's (SARd16-epo179.pth, ...)",
 }
 GENERATORS = ("llamagen-gpt", "var", "flexvar")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", required=True, help="the official file (loaded with weights_only=True)")
         sub.add_argument("--output", required=True, help="directory to write (config.json, model.safetensors, README.md; "
                          "a STARPipeline directory when a tokenizer is given)")
+        sub.add_argument("--overwrite", action="store_true", help="replace a model or pipeline already in --output")
         if kind in GENERATORS:
             tokenizer = sub.add_mutually_exclusive_group()
             tokenizer.add_argument("--vqvae", help="a converted tokenizer directory: write a STARPipeline with it")
@@ -40,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "STARPipeline (FlexVAR: FlexVAE.pth)")
         if kind == "llamagen-gpt":
             sub.add_argument("--size", choices=sorted(LLAMAGEN_PRESETS), help="preset giving the head count")
-            sub.add_argument("--num-attention-heads", type=int, help="head count for checkpoints matching no preset")
-            sub.add_argument("--block-size", type=int, default=256,
+            sub.add_argument("--num-attention-heads", type=_positive_int, help="head count for checkpoints matching no preset")
+            sub.add_argument("--block-size", type=_positive_int, default=256,
                              help="image tokens: 256 for 256px checkpoints, 576 for 384px")
         if kind in ("var", "var-vqvae", "flexvar"):
             sub.add_argument("--patch-nums", type=int, nargs="+", help="the (trained) scale schedule; default VAR's 256 px "
@@ -50,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="sample class-conditional images into a PNG grid")
     sample.add_argument("--model", required=True, help="a STARPipeline directory or Hub repo id")
     sample.add_argument("--labels", nargs="+", required=True, help="class ids or names (quote names with spaces)")
-    sample.add_argument("--num-images-per-label", type=int, default=1)
+    sample.add_argument("--num-images-per-label", type=_positive_int, default=1)
     sample.add_argument("--guidance-scale", type=float,
                         help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg)")
     sample.add_argument("--cfg-interval", type=int, default=-1, help="LlamaGen only")
@@ -63,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sample.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     sample.add_argument("--compile", action="store_true", help="torch.compile the decoding step")
-    sample.add_argument("--out", required=True, help="PNG file for the grid (one row per label)")
+    sample.add_argument("--out", required=True, help=f"image file for the grid, one row per label ({', '.join(IMAGE_SUFFIXES)})")
 
     evaluate = commands.add_parser("evaluate", help="FID, sFID, IS, precision and recall of an ADM-format sample batch")
     evaluate.add_argument("--samples", required=True, help=".npz with uint8 [N, H, W, 3] images under arr_0")
@@ -73,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or torch-fidelity's "
                           "weights-inception-2015-12-05-6726825d.pth; default $ST_AR_INCEPTION_WEIGHTS or torch's hub cache")
     evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64)
     evaluate.add_argument("--out", help="also write the results to this JSON file")
 
     push = commands.add_parser("push", help="upload a training run's pipeline (or tokenizer) with its card to the Hub")
@@ -95,14 +104,22 @@ def _parser() -> argparse.ArgumentParser:
 def _evaluate(args) -> str:
     from .evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch
 
+    if args.out:
+        _check_output_file(args.out, "--out", (".json",))
+    _check_device(args.device)
     samples, reference = load_image_batch(args.samples, "--samples"), load_image_batch(args.reference, "--reference")
+    for flag, images in (("--samples", samples), ("--reference", reference)):
+        if len(images) < 2:
+            raise ValueError(f"{flag} holds {len(images)} image(s): the statistics need at least 2")
     network = feature_network(args.feature_network, args.inception_weights).to(args.device)
     results = evaluate_generation(samples, reference, network, args.batch_size, load_adm_statistics(args.samples),
                                   load_adm_statistics(args.reference, "--reference"))
     text = json.dumps(results, indent=2)
+    print(text, flush=True)  # before the file: a failing write loses nothing
     if args.out:
         Path(args.out).write_text(text + "\n")
-    return text
+        return f"wrote {args.out}"
+    return ""
 
 
 def _push(args) -> str:
@@ -116,6 +133,8 @@ def _push(args) -> str:
 def _sample(args) -> str:
     from .hub import load_star_pipeline
 
+    _check_output_file(args.out, "--out", IMAGE_SUFFIXES)
+    _check_device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     labels = [int(label) if label.isdigit() else label for label in args.labels]
     pipe = load_star_pipeline(args.model).to(args.device, dtype)
@@ -140,6 +159,10 @@ def _convert(args) -> str:
     from .models.var.convert_var import convert_flexvar, convert_var, convert_var_vqvae
     from .pipelines import STARPipeline
 
+    output = Path(args.output)
+    if output.is_file() or (output.is_dir() and not args.overwrite and any(
+            (output / name).exists() for name in ("config.json", "model_index.json", "model.safetensors"))):
+        raise ValueError(f"--output {output} already holds a file or a model: choose another folder or pass --overwrite")
     with_tokenizer = args.kind in GENERATORS and bool(args.vqvae or args.vqvae_checkpoint)
     if with_tokenizer:  # read first: a wrong tokenizer fails before the (larger) transformer is read
         vqvae = _load_tokenizer(args)
@@ -170,6 +193,26 @@ def _convert(args) -> str:
     return f"wrote {written} to {args.output}"
 
 
+def _check_output_file(path: str, flag: str, suffixes: tuple[str, ...]) -> None:
+    """Before any work: the folder exists and `path` ends in one of `suffixes`."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: expected a file ending in {' or '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder, expected a file")
+
+
+def _check_device(device: str) -> None:
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+
+
 def _load_tokenizer(args):
     """The tokenizer of `--vqvae` (a converted directory) or `--vqvae-checkpoint` (an official file)."""
     from transformers import AutoModel
@@ -196,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"convert": _convert, "sample": _sample, "evaluate": _evaluate, "push": _push}
     try:
-        print(commands[args.command](args))
+        if message := commands[args.command](args):
+            print(message)
     except ValueError as error:  # bad input, named
         print(f"st-ar {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 
 from .models.llamagen import LlamaGenVQVAE, LlamaGenVQVAEConfig
 from .model_cards import (
@@ -68,7 +69,13 @@ def check_star_pipeline(folder: Path, argument: str) -> None:
     """Raises a ValueError naming `argument` unless `folder` holds a saved STARPipeline (plain or remote-code)."""
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{argument} {folder} holds no model_index.json: not a saved pipeline")
-    class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except ValueError as error:
+        raise ValueError(f"{argument} {folder}: model_index.json is not valid JSON ({error})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{argument} {folder}: model_index.json must hold a mapping, got a {type(index).__name__}")
+    class_name = index.get("_class_name")
     if class_name not in ("STARPipeline", ["pipeline_star", "STARPipeline"]):
         raise ValueError(f"{argument} {folder} holds a {class_name} pipeline, not a STARPipeline")
 
@@ -84,7 +91,20 @@ def load_star_pipeline(model: str, argument: str = "--model"):
         raise ValueError(f"{argument} {model!r} is neither a local folder nor a Hub repo (or the repo is private or "
                          "gated: log in with `hf auth login`)") from error
     check_star_pipeline(folder, f"{argument} {model!r}:" if folder != Path(model) else argument)
-    return STARPipeline.from_pretrained(folder)
+    try:
+        return STARPipeline.from_pretrained(folder)
+    except SafetensorError as error:
+        broken = [str(p.relative_to(folder)) for p in folder.glob("*/*.safetensors") if not _readable_safetensors(p)]
+        raise ValueError(f"{argument} {model!r}: unreadable weights {broken} (truncated download or copy?): "
+                         f"{error}") from None
+
+
+def _readable_safetensors(path: Path) -> bool:
+    try:
+        with safe_open(path, "pt"):  # the header's check covers a truncated file
+            return True
+    except SafetensorError:
+        return False
 
 
 def find_export(run_dir: str | Path) -> tuple[Path, str]:

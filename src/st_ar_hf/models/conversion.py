@@ -24,10 +24,11 @@ def load_state_dict(checkpoint: str | os.PathLike | dict, kind: str, wrappers=((
             raise ValueError(f"checkpoint {str(path)!r} is not a file")
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated zip, foreign pickle, not a torch file at all
+        except Exception as error:  # empty or truncated file, foreign pickle, not a torch file at all
+            detail = str(error).splitlines()[0] if str(error).strip() else "empty or truncated file"
             raise ValueError(
                 f"checkpoint {str(path)!r} is not a readable PyTorch weights file (loaded with weights_only=True, "
-                f"no code executed): {type(error).__name__}: {str(error).splitlines()[0]}"
+                f"no code executed): {type(error).__name__}: {detail}"
             ) from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint must hold a state dict, got {type(checkpoint).__name__}")

@@ -196,6 +196,8 @@ class ARTrainingArguments(RunArguments):
     """LlamaGen next-token training, with ST-AR's self-guidance terms (arXiv 2509.15185) when their weights are > 0."""
 
     DATA_SOURCES = RunArguments.DATA_SOURCES + ("train_codes",)
+    # what a resumed run may not change: the model's shape, its tokenizer, the data
+    RESUME_FIXED = DATA_SOURCES + ("model", "model_config", "image_size", "num_classes", "vqvae", "projector_hidden_size")
 
     train_codes: str | None = field(default=None, metadata={"help": "code shards of extract_codes.py: folder, glob or Hub id"})
     num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's ClassLabel count"})
@@ -272,6 +274,8 @@ class ARTrainingArguments(RunArguments):
 class TokenizerTrainingArguments(RunArguments):
     """LlamaGen's VQ tokenizer training: reconstruction, codebook and commitment (and optional entropy) losses, a
     perceptual loss when LPIPS weights are given, and a PatchGAN discriminator from `disc_start` on."""
+
+    RESUME_FIXED = RunArguments.DATA_SOURCES + ("model", "model_config", "image_size")
 
     model: str = field(default="VQ-16", metadata={"help": "a preset (VQ-16, VQ-8) or a pretrained LlamaGenVQVAE folder"})
     model_config: dict | None = field(default=None, metadata={"help": "LlamaGenVQVAEConfig overrides, as JSON"})

@@ -10,6 +10,7 @@ import json
 import pickle
 import re
 import shutil
+import logging
 import uuid
 from pathlib import Path
 
@@ -21,18 +22,21 @@ from safetensors.torch import load_model, save_model
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 STATE_FILE = "training_state.json"
+logger = logging.getLogger(__name__)
 
 
 class TrainingState:
     """What a run saves beyond accelerate's state: its step counters, the id that tells its checkpoints from another
-    run's, and the frozen modules it keeps outside the optimiser (`modules`: name -> module, e.g. the EMA teacher)."""
+    run's, its settings (JSON values), and the frozen modules it keeps outside the optimiser (`modules`: name ->
+    module, e.g. the EMA teacher). `load` leaves the checkpoint's settings in `saved_settings`."""
 
-    def __init__(self, **modules: torch.nn.Module):
-        self.modules = modules
+    def __init__(self, settings: dict | None = None, **modules: torch.nn.Module):
+        self.settings, self.saved_settings, self.modules = settings or {}, None, modules
         self.global_step, self.nonfinite_in_a_row, self.run_id = 0, 0, uuid.uuid4().hex
 
     def save(self, folder: Path) -> None:
-        counters = {"global_step": self.global_step, "nonfinite_in_a_row": self.nonfinite_in_a_row, "run_id": self.run_id}
+        counters = {"global_step": self.global_step, "nonfinite_in_a_row": self.nonfinite_in_a_row, "run_id": self.run_id,
+                    "settings": self.settings}
         (folder / STATE_FILE).write_text(json.dumps(counters) + "\n")
         for name, module in self.modules.items():
             save_model(module, str(folder / f"{name}.safetensors"))
@@ -41,6 +45,7 @@ class TrainingState:
         counters = json.loads((folder / STATE_FILE).read_text())
         self.global_step, self.nonfinite_in_a_row, self.run_id = (
             counters["global_step"], counters["nonfinite_in_a_row"], counters["run_id"])
+        self.saved_settings = counters.get("settings", {})
         for name, module in self.modules.items():
             try:
                 load_model(module, str(folder / f"{name}.safetensors"))
@@ -99,11 +104,13 @@ def resolve_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | Non
 
 
 def resume_run(accelerator, output_dir: str | Path, resume_from_checkpoint: str | None, state: TrainingState,
-               stream=None) -> Path | None:
+               stream=None, fixed_settings: tuple[str, ...] = ()) -> Path | None:
     """Loads the checkpoint named by --resume_from_checkpoint (None when the run starts fresh) and drops the lines
-    of `metrics.jsonl` logged after it, so that the file holds each step of one run once."""
+    of `metrics.jsonl` logged after it, so that the file holds each step of one run once. Settings that differ from
+    the checkpoint's run are refused when they shape the model or data (`fixed_settings`), else reported."""
     checkpoint = resolve_checkpoint(output_dir, resume_from_checkpoint)
     if checkpoint is not None:
+        _check_settings(checkpoint, state.settings, fixed_settings)
         load_checkpoint(accelerator, checkpoint, state, stream)
     metrics = Path(output_dir) / "metrics.jsonl"
     if accelerator.is_main_process and metrics.is_file():
@@ -164,6 +171,27 @@ def load_checkpoint(accelerator, checkpoint: str | Path, state: TrainingState, s
             raise ValueError(f"{checkpoint} has no data-stream state for process {accelerator.process_index} "
                              "(saved with another number of processes?)")
         stream.load_state_dict(json.loads(state_file.read_text()))
+
+
+def _check_settings(checkpoint: Path, settings: dict, fixed: tuple[str, ...]) -> None:
+    try:
+        saved = json.loads((checkpoint / STATE_FILE).read_text()).get("settings", {})
+    except (OSError, ValueError):
+        return  # load_checkpoint names what is wrong with the folder
+    changed = {key: (saved[key], value) for key, value in settings.items()
+               if key in saved and saved[key] != value and key not in ("resume_from_checkpoint", "overwrite_output_dir")}
+    refused = {key: change for key, change in changed.items() if key in fixed}
+    if refused:
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: these settings differ from the run that wrote it and "
+                         f"shape the model or data: {_describe(refused)}; resume with the run's values or start a new run")
+    if changed:
+        logger.warning(f"resuming {checkpoint} with settings that differ from its run: {_describe(changed)}; they apply "
+                       "from here on, except what the checkpoint restores (optimiser state incl. learning rates, "
+                       "scheduler position)")
+
+
+def _describe(changes: dict) -> str:
+    return ", ".join(f"--{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
 def _logged_step(line: str) -> float:
