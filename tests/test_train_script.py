@@ -3,8 +3,10 @@ exist offline) on the embedded MNIST digits, read through the real streaming pat
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,12 +66,30 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_gives_the_losses_of_an_uninterrupted_run_and_exports_a_pipeline(assets, tmp_path):
-    full = _launch(_config(assets, tmp_path / "full"))
+def _kill_during(config: Path, partial: Path) -> None:
+    """Launches a run and SIGKILLs it while `partial` (a checkpoint being saved) exists: frozen first with SIGSTOP,
+    so the save is caught half-way, then killed with every process of the launch."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(ROOT / "training" / "train.py"), "--config", str(config)],
+                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not partial.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    os.killpg(run.pid, signal.SIGSTOP)
+    caught = partial.exists() and not partial.with_suffix("").exists()
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert caught, f"the run ended before {partial.name} could be caught"
+
+
+def test_killed_during_a_checkpoint_save_resumes_with_the_losses_of_an_uninterrupted_run(assets, tmp_path):
+    full = _launch(_config(assets, tmp_path / "full", checkpointing_steps=2))
     assert full.returncode == 0, full.stderr[-3000:]
-    interrupted = _launch(_config(assets, tmp_path / "resumed", max_train_steps=3))
-    assert interrupted.returncode == 0, interrupted.stderr[-3000:]
-    resumed = _launch(_config(assets, tmp_path / "resumed"), "--resume_from_checkpoint", "latest")
+    _kill_during(_config(assets, tmp_path / "resumed", checkpointing_steps=2),
+                 tmp_path / "resumed" / "run" / "checkpoint-4.partial")
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "run")] == ["checkpoint-2"]
+    resumed = _launch(_config(assets, tmp_path / "resumed", checkpointing_steps=2), "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     expected, got = _metrics(tmp_path / "full" / "run"), _metrics(tmp_path / "resumed" / "run")
@@ -77,7 +97,7 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run_and_exports_a_pipeline(
     for a, b in zip(expected, got):
         for term in ("loss/ar", "loss/mim", "loss/step", "loss/view", "loss/loss"):
             assert a[term] == pytest.approx(b[term], rel=1e-5), (a["step"], term)
-    assert [p.name for p in list_checkpoints(tmp_path / "full" / "run")] == ["checkpoint-3", "checkpoint-6"]
+    assert [p.name for p in list_checkpoints(tmp_path / "full" / "run")] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
 
     pipeline_dir = tmp_path / "full" / "run" / "pipeline"
     assert sorted(p.name for p in pipeline_dir.iterdir()) == [
@@ -173,6 +193,12 @@ def test_extracted_code_shards_train_and_resume_interrupted_extraction(assets, t
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     first = subprocess.run([*extract, "--max_examples", "16"], env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
+    killed = subprocess.Popen([*extract, "--max_examples", "24"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    while not list((tmp_path / "codes").glob("train-00000-00002.parquet*")) and killed.poll() is None:
+        time.sleep(0.0005)  # SIGKILL as the third shard is being written
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
     second = subprocess.run([*extract, "--max_examples", "24"], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "codes").glob("*.parquet"))

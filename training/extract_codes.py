@@ -66,7 +66,8 @@ def main(args: ExtractCodesArguments) -> None:
         Dataset.from_dict({"codes": codes, "label": shard_labels}, features=features).to_parquet(str(path) + ".partial")
         Path(str(path) + ".partial").rename(path)
         progress.update(position=position, shards=progress["shards"] + 1, examples=progress["examples"] + len(codes))
-        progress_file.write_text(json.dumps(progress))
+        progress_file.with_suffix(".partial").write_text(json.dumps(progress))
+        progress_file.with_suffix(".partial").rename(progress_file)  # a kill leaves the old position or the new one
         shard_codes.clear(), shard_labels.clear()
 
     bar = tqdm(desc=f"process {accelerator.process_index}", initial=progress["examples"],
