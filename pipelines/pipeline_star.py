@@ -152,7 +152,8 @@ class STARPipeline(DiffusionPipeline):
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
         if not isinstance(class_labels, (list, tuple)) or not class_labels:
-            raise ValueError(f"class_labels must be a class name, an id, or a non-empty list of them, got {class_labels!r}")
+            raise ValueError(f"class_labels must name at least one class (a name, an id, or a list of them), got "
+                             f"{class_labels!r}")
         ids = []
         for label in class_labels:
             if isinstance(label, str):
@@ -169,7 +170,7 @@ class STARPipeline(DiffusionPipeline):
         if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
             raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}")
         if not (_is_int(top_k) and 0 <= top_k <= config.vocab_size):
-            raise ValueError(f"top_k must be an int in [0, {config.vocab_size}] (0 = off), got {top_k!r}")
+            raise ValueError(f"top_k must be in [0, {config.vocab_size}], an int (0 = off), got {top_k!r}")
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p!r}")
         num_images = len(ids) * num_images_per_label

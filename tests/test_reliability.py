@@ -192,7 +192,7 @@ def test_labels_as_tensors_or_arrays_are_accepted(pipe):
     for labels in (torch.tensor([1, 2]), np.array([1, 2])):
         out = pipe(labels, generator=torch.Generator().manual_seed(0), output_type="np")
         assert all(torch.equal(a, b) for a, b in zip(out.tokens, expected))
-    with pytest.raises(ValueError, match="class_labels must be"):
+    with pytest.raises(ValueError, match="class_labels must name at least one class"):
         pipe({1: 2}, output_type="np")
 
 
@@ -311,15 +311,18 @@ def test_saved_pipelines_with_broken_files_are_named(tmp_path, tiny_gpt, tiny_vq
     ("model_config: [1, 2]\n", r"--model_config must be dict, got \[1, 2\]"),
     ("train_batch_size: many\n", r"--train_batch_size must be int, got 'many'"),
 ])
-def test_training_configs_fail_with_one_line_and_exit_code_2(tmp_path, config, message):
+def test_training_configs_fail_with_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, config, message):
+    from st_ar_hf.training.arguments import run_script
+
     path = tmp_path / ("missing.yaml" if config is None else "bad.yaml")
     if config is not None:
         path.write_text(config)
-    run = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config", str(path)],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 2
-    assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr, run.stderr
-    assert __import__("re").search(message, run.stderr)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(path)])
+    with pytest.raises(SystemExit) as exit:
+        run_script(lambda args: pytest.fail("main ran"), ARTrainingArguments)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert __import__("re").search(message, err)
 
 
 def test_command_line_model_config_must_be_a_json_object(tmp_path, capsys):
@@ -329,11 +332,13 @@ def test_command_line_model_config_must_be_a_json_object(tmp_path, capsys):
 
 
 def test_fresh_training_run_among_another_runs_checkpoints_exits_2_naming_output_dir(tmp_path):
+    """The real script: one line on stderr, exit code 2, nothing written."""
     (tmp_path / "run" / "checkpoint-5").mkdir(parents=True)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"embedded_dataset_dir": str(tmp_path / "mnist"), "vqvae": str(tmp_path / "vq"),
                                       "output_dir": str(tmp_path / "run"), "resume_from_checkpoint": None}))
     run = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config", str(config)],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 2 and "--output_dir" in run.stderr and "--overwrite_output_dir" in run.stderr
+    assert run.returncode == 2 and run.stderr.startswith("error: --output_dir") and run.stderr.count("\n") == 1
+    assert "--overwrite_output_dir" in run.stderr and "Traceback" not in run.stderr
     assert (tmp_path / "run" / "checkpoint-5").is_dir() and not (tmp_path / "mnist").exists()  # nothing done
