@@ -26,6 +26,7 @@ from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import code_shards_card, training_datasets
 from st_ar_hf.training.arguments import ExtractCodesArguments, run_script
 from st_ar_hf.training.data import check_columns, class_names, crop_views, decode_image, load_image_dataset, to_pixel_values
+from st_ar_hf.training.tracking import finish_run
 
 logger = get_logger(__name__)
 
@@ -115,7 +116,7 @@ def main(args: ExtractCodesArguments) -> None:
                                           repo_type="dataset")
             uploader.upload(output_dir, commit_message="code shards", ignore_patterns=["progress-*.json", "*.partial"])
             uploader.wait()
-    accelerator.end_training()
+    finish_run(accelerator)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from st_ar_hf.training.arguments import DataArguments, run_script
 from st_ar_hf.training.data import (
     center_crops, check_columns, load_image_dataset, load_stream, to_pixel_values,
 )
+from st_ar_hf.training.tracking import finish_run
 
 
 @dataclass
@@ -160,7 +161,7 @@ def main(args: LinearProbeArguments) -> dict:
             "model": args.model, "layer": args.layer, "top1": {str(k): v for k, v in results.items()},
             "num_train": len(train_y), "num_eval": len(eval_y), "epochs": args.epochs}, indent=2) + "\n")
         plot(results, output_dir / "probe.png", f"{Path(args.model).name}, layer {args.layer}")
-    accelerator.end_training()
+    finish_run(accelerator)
     return results
 
 

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from st_ar_hf import STARPipeline
+from st_ar_hf.training.tracking import finish_run
 
 
 def parse_args(argv=None):
@@ -84,7 +85,7 @@ def main(args) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.out, arr_0=samples, arr_1=labels)
         print(f"wrote {len(samples)} images of {samples.shape[1]}x{samples.shape[2]} to {args.out}")
-    accelerator.end_training()
+    finish_run(accelerator)
 
 
 if __name__ == "__main__":

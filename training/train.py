@@ -36,7 +36,7 @@ from st_ar_hf.training.data import (
     read_codes_info, to_pixel_values,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
-from st_ar_hf.training.tracking import log_image, log_metrics, make_grid
+from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 logger = get_logger(__name__)
@@ -276,7 +276,7 @@ def main(args: ARTrainingArguments) -> None:
     export(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)
     if uploader is not None:
         uploader.wait()
-    accelerator.end_training()
+    finish_run(accelerator)
 
 
 def export(args, accelerator, student, vqvae, id2label, directory, stream, uploader, step: int) -> None:

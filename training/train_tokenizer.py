@@ -40,7 +40,7 @@ from st_ar_hf.training.data import (
     to_pixel_values,
 )
 from st_ar_hf.training.losses import update_ema
-from st_ar_hf.training.tracking import log_image, log_metrics, make_grid
+from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
 from st_ar_hf.training.vq_losses import LPIPS, PatchGANDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 
 logger = get_logger(__name__)
@@ -245,7 +245,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
             uploader.wait()
     accelerator.wait_for_everyone()
     if end_training:
-        accelerator.end_training()
+        finish_run(accelerator)
     else:  # the caller continues in these processes with an Accelerator of its own, possibly in another precision
         for tracker in accelerator.trackers:
             tracker.finish()

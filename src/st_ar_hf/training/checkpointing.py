@@ -1,16 +1,16 @@
 """Checkpoints that survive interruption, resume without running pickled code, and never mix two runs.
 
 A checkpoint folder holds accelerate's state (models as safetensors; optimiser, scheduler and RNG states, which
-accelerate reads back with `torch.load(weights_only=True)`), `training_state.json` (step counters and the run's
-id), `<name>.safetensors` for each frozen module of the run (the EMA teacher) and `stream_<process>.json` (each
+accelerate reads back with `torch.load(weights_only=True)`), `training_state.json` (step counters, the run's
+id and settings), `<name>.safetensors` for each frozen module of the run (the EMA teacher) and `stream_<process>.json` (each
 process's data position). Nothing in it is ever unpickled with code execution.
 """
 
 import json
+import logging
 import pickle
 import re
 import shutil
-import logging
 import uuid
 from pathlib import Path
 
@@ -27,11 +27,11 @@ logger = logging.getLogger(__name__)
 
 class TrainingState:
     """What a run saves beyond accelerate's state: its step counters, the id that tells its checkpoints from another
-    run's, its settings (JSON values), and the frozen modules it keeps outside the optimiser (`modules`: name ->
-    module, e.g. the EMA teacher). `load` leaves the checkpoint's settings in `saved_settings`."""
+    run's, its settings (JSON values, compared on resume), and the frozen modules it keeps outside the optimiser
+    (`modules`: name -> module, e.g. the EMA teacher)."""
 
     def __init__(self, settings: dict | None = None, **modules: torch.nn.Module):
-        self.settings, self.saved_settings, self.modules = settings or {}, None, modules
+        self.settings, self.modules = settings or {}, modules
         self.global_step, self.nonfinite_in_a_row, self.run_id = 0, 0, uuid.uuid4().hex
 
     def save(self, folder: Path) -> None:
@@ -45,7 +45,6 @@ class TrainingState:
         counters = json.loads((folder / STATE_FILE).read_text())
         self.global_step, self.nonfinite_in_a_row, self.run_id = (
             counters["global_step"], counters["nonfinite_in_a_row"], counters["run_id"])
-        self.saved_settings = counters.get("settings", {})
         for name, module in self.modules.items():
             try:
                 load_model(module, str(folder / f"{name}.safetensors"))
