@@ -225,7 +225,7 @@ def test_resume_refuses_settings_that_shape_the_model_and_reports_the_others(tmp
     state = TrainingState(settings)
     save_checkpoint(accelerator, tmp_path / "run", state, total_limit=None)
     changed = TrainingState({**settings, "model": "L", "learning_rate": 2e-4, "resume_from_checkpoint": "latest"})
-    with pytest.raises(ValueError, match=r"shape the model or data: --model 'B' -> 'L'$|--model 'B' -> 'L';"):
+    with pytest.raises(ValueError, match=r"shape the model or data: --model 'B' -> 'L';"):
         resume_run(accelerator, tmp_path / "run", "latest", changed, fixed_settings=("model",))
     resumed = TrainingState({**settings, "learning_rate": 2e-4, "resume_from_checkpoint": "latest"})
     resume_run(accelerator, tmp_path / "run", "latest", resumed, fixed_settings=("model",))

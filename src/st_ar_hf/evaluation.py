@@ -31,9 +31,9 @@ def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarra
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{argument} {path}: no such file")
-    arrays = _read_npz(path, argument, ["arr_0"])
+    names, arrays = _read_npz(path, argument, ["arr_0"])
     if "arr_0" not in arrays:
-        raise ValueError(f"{argument} {path}: expected the images under 'arr_0' (ADM format), found {arrays['files']}")
+        raise ValueError(f"{argument} {path}: expected the images under 'arr_0' (ADM format), found {names}")
     images = arrays["arr_0"]
     if images.dtype != np.uint8:
         raise ValueError(f"{argument} {path}: images must be uint8 in [0, 255], got {images.dtype}")
@@ -45,15 +45,16 @@ def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarra
 def load_adm_statistics(path: str | Path, argument: str = "--samples") -> dict[str, np.ndarray] | None:
     """The Inception statistics an ADM batch stores beside its images (`mu`, `sigma`: pool; `mu_s`, `sigma_s`:
     spatial), or None when it stores none. ImageNet reference batches hold them for the whole training set."""
-    statistics = _read_npz(Path(path), argument, ["mu", "sigma", "mu_s", "sigma_s"])
-    return {key: statistics[key] for key in ("mu", "sigma", "mu_s", "sigma_s")} if "mu" in statistics else None
+    keys = ("mu", "sigma", "mu_s", "sigma_s")
+    _, statistics = _read_npz(Path(path), argument, list(keys))
+    return {key: statistics[key] for key in keys} if "mu" in statistics else None
 
 
-def _read_npz(path: Path, argument: str, keys: list[str]) -> dict:
-    """The arrays `keys` (those present) of an `.npz`, and its `files`; never unpickles (object arrays are refused)."""
+def _read_npz(path: Path, argument: str, keys: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(the names in an `.npz`, its arrays `keys` that are present); never unpickles (object arrays are refused)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {"files": list(data.files), **{key: data[key] for key in keys if key in data.files}}
+            return list(data.files), {key: data[key] for key in keys if key in data.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:  # object arrays, truncated or foreign files
         raise ValueError(f"{argument} {path}: not a readable .npz of numeric arrays ({error})") from None
 

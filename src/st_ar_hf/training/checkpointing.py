@@ -41,8 +41,8 @@ class TrainingState:
         for name, module in self.modules.items():
             save_model(module, str(folder / f"{name}.safetensors"))
 
-    def load(self, folder: Path) -> None:
-        counters = json.loads((folder / STATE_FILE).read_text())
+    def load(self, folder: Path, counters: dict) -> None:
+        """`counters`: the parsed `training_state.json` of `folder`."""
         self.global_step, self.nonfinite_in_a_row, self.run_id = (
             counters["global_step"], counters["nonfinite_in_a_row"], counters["run_id"])
         for name, module in self.modules.items():
@@ -109,8 +109,7 @@ def resume_run(accelerator, output_dir: str | Path, resume_from_checkpoint: str 
     the checkpoint's run are refused when they shape the model or data (`fixed_settings`), else reported."""
     checkpoint = resolve_checkpoint(output_dir, resume_from_checkpoint)
     if checkpoint is not None:
-        _check_settings(checkpoint, state.settings, fixed_settings)
-        load_checkpoint(accelerator, checkpoint, state, stream)
+        load_checkpoint(accelerator, checkpoint, state, stream, fixed_settings)
     metrics = Path(output_dir) / "metrics.jsonl"
     if accelerator.is_main_process and metrics.is_file():
         metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
@@ -147,15 +146,19 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainingState, t
     return final
 
 
-def load_checkpoint(accelerator, checkpoint: str | Path, state: TrainingState, stream=None) -> None:
+def load_checkpoint(accelerator, checkpoint: str | Path, state: TrainingState, stream=None,
+                    fixed_settings: tuple[str, ...] = ()) -> None:
     """Restores what `save_checkpoint` wrote: models, optimiser, scheduler, RNG, the `TrainingState`, the stream
-    position. Refuses a folder with pickled custom state (older versions, or someone else's) before reading it, and
-    names the file that does not load with `weights_only=True`."""
+    position. Before reading any weights: refuses a folder with pickled custom state (older versions, or someone
+    else's), compares the run's settings (`_check_settings`), and names a file that does not load with
+    `weights_only=True`."""
     checkpoint = Path(checkpoint)
     pickled_state = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
     if pickled_state or not (checkpoint / STATE_FILE).is_file():
         raise ValueError(f"--resume_from_checkpoint {checkpoint} is not a checkpoint of this version: it has "
                          f"{pickled_state or f'no {STATE_FILE}'} (pickled training state is never loaded)")
+    counters = json.loads((checkpoint / STATE_FILE).read_text())
+    _check_settings(checkpoint, counters.get("settings", {}), state.settings, fixed_settings)
     for rng_file in checkpoint.glob("random_states_*.pkl"):  # accelerate skips an unreadable one silently
         _load_weights_only(rng_file)
     try:
@@ -163,7 +166,7 @@ def load_checkpoint(accelerator, checkpoint: str | Path, state: TrainingState, s
     except pickle.UnpicklingError as error:
         raise ValueError(f"--resume_from_checkpoint {checkpoint}: a file does not load with weights_only=True "
                          f"(code in a pickle is never run): {error}") from None
-    state.load(checkpoint)
+    state.load(checkpoint, counters)
     if stream is not None:
         state_file = checkpoint / f"stream_{accelerator.process_index}.json"
         if not state_file.is_file():
@@ -172,11 +175,8 @@ def load_checkpoint(accelerator, checkpoint: str | Path, state: TrainingState, s
         stream.load_state_dict(json.loads(state_file.read_text()))
 
 
-def _check_settings(checkpoint: Path, settings: dict, fixed: tuple[str, ...]) -> None:
-    try:
-        saved = json.loads((checkpoint / STATE_FILE).read_text()).get("settings", {})
-    except (OSError, ValueError):
-        return  # load_checkpoint names what is wrong with the folder
+def _check_settings(checkpoint: Path, saved: dict, settings: dict, fixed: tuple[str, ...]) -> None:
+    """Refuses settings in `fixed` that differ from the checkpoint's run (`saved`), logs the others that differ."""
     changed = {key: (saved[key], value) for key, value in settings.items()
                if key in saved and saved[key] != value and key not in ("resume_from_checkpoint", "overwrite_output_dir")}
     refused = {key: change for key, change in changed.items() if key in fixed}
