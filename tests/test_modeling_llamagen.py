@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModel, DynamicCache, StaticCache
 
 from st_ar_hf import LlamaGenForImageGeneration
-from st_ar_hf.models.llamagen.modeling_llamagen import apply_rotary_emb
+from st_ar_hf.models.llamagen import modeling_llamagen
+from st_ar_hf.models.llamagen.modeling_llamagen import LlamaGenLinear, apply_rotary_emb
 
 from .conftest import tiny_gpt_config
 
@@ -66,6 +67,35 @@ def test_kv_cache_decode_matches_full_forward(tiny_gpt, cache_kind):
         position = torch.tensor([config.cls_token_num + k])
         steps.append(tiny_gpt(input_ids=tokens[:, k : k + 1], past_key_values=cache, cache_position=position).logits)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_static_cache_decode_reads_filled_slots_as_the_masked_form_would(tiny_gpt, monkeypatch):
+    """On the CPU a decoding step attends over the filled slots without a mask; on an accelerator or under compile it
+    masks the unfilled ones. Both forms must give the same logits."""
+    config = tiny_gpt.config
+    tokens, class_labels = _inputs(config)
+
+    def decode():
+        cache = StaticCache(config=config, max_cache_len=tiny_gpt.max_sequence_length)
+        steps = [tiny_gpt(class_labels=class_labels, past_key_values=cache).logits]
+        for k in range(6):
+            position = torch.tensor([config.cls_token_num + k])
+            steps.append(tiny_gpt(input_ids=tokens[:, k : k + 1], past_key_values=cache, cache_position=position).logits)
+        return torch.cat(steps, dim=1)
+
+    filled_slots = decode()
+    monkeypatch.setattr(modeling_llamagen, "_host_checkable", lambda tensor: False)
+    assert torch.allclose(decode(), filled_slots, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (2, 1, 48), (64, 48), (65, 48), (3, 30, 48)])
+def test_weight_major_linear_equals_the_plain_product(shape):
+    torch.manual_seed(0)
+    layer, x = LlamaGenLinear(48, 80), torch.randn(shape)
+    assert layer.bias is None
+    assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-6)
+    assert layer(x).shape == (*shape[:-1], 80)
+    assert torch.equal(layer.bfloat16()(x.bfloat16()), torch.nn.functional.linear(x.bfloat16(), layer.weight))
 
 
 def test_chunked_prefill_with_dynamic_cache_matches_full_forward(tiny_gpt):
