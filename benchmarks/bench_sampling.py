@@ -1,34 +1,52 @@
 """Class-conditional sampling speed of LlamaGen-B (random weights) with CFG: whole token grids per second.
 
 For each dtype and batch size, in the same run:
-- fast path: `st_ar_hf.pipelines.decoding_llamagen.generate` (static KV cache, [cond; uncond] in one forward, SDPA),
-- baseline "eager": the same loop with the eager (matmul + softmax) attention,
+- fast path: `st_ar_hf.pipelines.decoding_llamagen.generate`, what `STARPipeline` runs, on the model as loaded by
+  default (static KV cache, [cond; uncond] in one forward, SDPA),
+- baseline "original": LlamaGen's own `generate()` on the same weights, when `--original` names a checkout of
+  FoundationVision/LlamaGen (kept outside this repository; its GPT is built there and converted here),
+- baseline "eager": the fast loop with the eager (matmul + softmax) attention,
 - baseline "no cache": the reference that recomputes the whole sequence every step (batch 1 only: it is quadratic),
 and the floor of one decoding step: max(weight bytes / copy bandwidth, FLOPs / matmul peak), both measured here.
+Top-k and top-p are off in every row; each row is timed best of `--repeats` calls after one warm-up call.
 
-    python benchmarks/bench_sampling.py [--batches 1 8 32] [--dtypes fp32 bf16] [--block-size 256] [--compile]
+    python benchmarks/bench_sampling.py [--batches 1 4 8] [--dtypes fp32 bf16] [--original ../LlamaGen] [--compile]
 """
 
 import argparse
 import copy
-import time
+import sys
 
 import torch
-from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, synchronize
+from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, timed
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
+from st_ar_hf.models.llamagen.convert_llamagen import convert_llamagen_gpt
 from st_ar_hf.pipelines.decoding_llamagen import generate
 from st_ar_hf.pipelines.sampling import guide, sample
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def seconds_of(fn) -> float:
-    synchronize()
-    start = time.perf_counter()
-    fn()
-    synchronize()
-    return time.perf_counter() - start
+def build(config, size, original_checkout):
+    """(ours, original or None) with the same random weights; the head made non-zero so that logits vary."""
+    torch.manual_seed(0)
+    if original_checkout is None:
+        ours = LlamaGenForImageGeneration(config)
+        torch.nn.init.normal_(ours.lm_head.weight, std=0.02)
+        return ours.eval(), None
+    sys.path.insert(0, original_checkout)
+    from autoregressive.models.gpt import GPT_models
+
+    original = GPT_models[f"GPT-{size}"](block_size=config.block_size, vocab_size=config.vocab_size).eval()
+    torch.nn.init.normal_(original.output.weight, std=0.02)
+    return convert_llamagen_gpt(original.state_dict(), size=size, block_size=config.block_size), original
+
+
+def original_generate_call(original, labels, guidance_scale):
+    from autoregressive.models.generate import generate as llamagen_generate
+
+    return lambda: llamagen_generate(original, labels, original.block_size, cfg_scale=guidance_scale, top_k=0, top_p=1.0)
 
 
 @torch.no_grad()
@@ -47,11 +65,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="B")
     parser.add_argument("--block-size", type=int, default=256)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--guidance-scale", type=float, default=2.0)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd decoding step")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) no-cache baseline")
+    parser.add_argument("--original", metavar="DIR", help="a checkout of FoundationVision/LlamaGen to compare against")
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per row (the best counts)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -61,8 +81,9 @@ def main():
     config = LlamaGenConfig.from_preset(args.size, block_size=args.block_size)
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
-        sdpa = LlamaGenForImageGeneration(config).eval().to(device, dtype)
-        torch.nn.init.normal_(sdpa.lm_head.weight, std=0.02)
+        sdpa, original = build(config, args.size, args.original)
+        sdpa = sdpa.to(device, dtype)
+        original = original.to(device, dtype) if original is not None else None  # as LlamaGen's sample_c2i.py casts it
         eager = LlamaGenForImageGeneration._from_config(copy.deepcopy(config), attn_implementation="eager")
         eager.load_state_dict(sdpa.state_dict())
         eager = eager.eval().to(device, dtype)
@@ -73,8 +94,10 @@ def main():
         warmed_up = set()
         for batch in args.batches:
             labels = torch.randint(0, config.num_classes, (batch,), device=device)
-            rows = [("fast (static cache, sdpa)", lambda: generate(sdpa, labels, args.guidance_scale,
-                                                                   generator=torch.Generator().manual_seed(0)))]
+            rows = [("fast (defaults: sdpa)", lambda: generate(sdpa, labels, args.guidance_scale,
+                                                               generator=torch.Generator().manual_seed(0)))]
+            if original is not None:
+                rows.append(("baseline: original generate()", original_generate_call(original, labels, args.guidance_scale)))
             if args.compile:
                 rows.append(("fast + torch.compile", lambda: generate(sdpa, labels, args.guidance_scale, compile=True,
                                                                       generator=torch.Generator().manual_seed(0))))
@@ -89,13 +112,16 @@ def main():
                   f"(per step: weights {1e3 * weight_bytes / bandwidth:.2f} ms, FLOPs {1e3 * step_flops / peak:.2f} ms)")
             fast_seconds = None
             for label, run in rows:
-                if label not in warmed_up:  # first use of a path: allocator warm-up, compilation where asked
-                    run()
-                    warmed_up.add(label)
-                seconds = seconds_of(run)
+                # a path's first call warms the allocator up (and compiles, where asked)
+                seconds = timed(run, repeats=args.repeats, warmup=0 if label in warmed_up else 1)
+                warmed_up.add(label)
                 fast_seconds = fast_seconds or seconds
-                print(f"    {label:28s} {batch / seconds:8.2f} images/s {batch * config.block_size / seconds:9.0f} tokens/s"
-                      f"  {100 * floor / seconds:5.1f}% of floor  fast/this = {seconds / fast_seconds:5.2f}x")
+                print(f"    {label:30s} {batch / seconds:8.3f} images/s {batch * config.block_size / seconds:7.0f} tokens/s"
+                      f"  {100 * floor / seconds:5.1f}% of floor  fast path {seconds / fast_seconds:5.2f}x faster")
+            if args.compile:
+                eager_tokens, compiled_tokens = (generate(sdpa, labels, args.guidance_scale, compile=compile,
+                                                          generator=torch.Generator().manual_seed(0)) for compile in (False, True))
+                print(f"    torch.compile tokens equal to the eager path's: {torch.equal(eager_tokens, compiled_tokens)}")
 
 
 if __name__ == "__main__":
