@@ -117,12 +117,13 @@ class LlamaGenAttention(nn.Module):
         v = v.view(batch, seq_len, -1, self.head_dim).transpose(1, 2)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # [B, Hkv, S, D]
-        if num_keys is not None:
-            k, v = k[:, :, :num_keys], v[:, :, :num_keys]
-
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        if num_keys is not None:  # a CPU decoding step: its one query over the filled keys, where matmul + softmax
+            k, v = k[:, :, :num_keys], v[:, :, :num_keys]  # beats the CPU SDPA kernel
+            attention_interface: Callable = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
         attn_output, attn_weights = attention_interface(
             self, q, k, v, attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0, scaling=self.scaling,
@@ -332,9 +333,10 @@ class LlamaGenForImageGeneration(PreTrainedModel):
 
         - no cache and no bias, SDPA: (None, None), the kernel's own causal mask;
         - one new token on the CPU (a decoding step), no bias: (None, position + 1), the keys up to the token's
-          position and no mask. A static cache returns all its slots; reading only the filled ones halves the
-          attention's memory traffic over an image. Under torch.compile or on an accelerator, where the position
-          must not be read on the host, the masked form below keeps the shapes static;
+          position and no mask, attended with matmul + softmax whatever the configured implementation. A static
+          cache returns all its slots; reading only the filled ones halves the attention's memory traffic over an
+          image. Under torch.compile or on an accelerator, where the position must not be read on the host, the
+          masked form below keeps the shapes static;
         - otherwise an additive mask [B or 1, 1, T, S] over all S keys the cache returns (unfilled slots masked).
         """
         if past_key_values is None and attention_bias is None and self.config._attn_implementation != "eager":
