@@ -69,8 +69,9 @@ class LlamaGenLinear(nn.Linear):
     """`nn.Linear` that multiplies weight-major, `(W @ x^T)^T`, for the few rows of a decoding step in fp32 on the CPU.
 
     For `x @ W^T` with 2 to 64 rows, MKL's fp32 GEMM runs its small-M path at a quarter to a half of the memory
-    bandwidth; with the weight as the left operand it streams the weight and runs 1.2-3x faster on the same numbers
-    (measured per shape by benchmarks/bench_sampling.py's `--linear` table). bf16 gains nothing and keeps `F.linear`.
+    bandwidth; with the weight as the left operand it streams the weight and runs 1.2-3x faster, the same product up
+    to rounding (measured per shape on a 2-core EPYC, torch 2.13; README, Performance). bf16 gains nothing and keeps
+    `F.linear`.
     """
 
     max_weight_major_rows = 64
