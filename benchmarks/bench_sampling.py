@@ -95,7 +95,7 @@ def main():
         warmed_up = set()
         for batch in args.batches:
             labels = torch.randint(0, config.num_classes, (batch,), device=device)
-            rows = [("fast (defaults: sdpa)", lambda: generate(sdpa, labels, args.guidance_scale,
+            rows = [("fast (the model as loaded)", lambda: generate(sdpa, labels, args.guidance_scale,
                                                                generator=torch.Generator().manual_seed(0)))]
             if original is not None:
                 rows.append(("baseline: original generate()", original_generate_call(original, labels, args.guidance_scale)))
