@@ -12,23 +12,19 @@ folders, sample grids, and a `STARPipeline` in `<output_dir>/pipeline`.
 """
 
 import copy
-import json
-import time
 from pathlib import Path
 
 import PIL.Image
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 import train_tokenizer
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
 from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
 from st_ar_hf.hub import BackgroundUploader
-from st_ar_hf.model_cards import pipeline_model_card
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments, run_script
 from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run, save_checkpoint
 from st_ar_hf.training.data import (
@@ -36,6 +32,9 @@ from st_ar_hf.training.data import (
     read_codes_info, to_pixel_values,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
+from st_ar_hf.training.loop import (
+    LogWindow, is_due, make_accelerator, make_optimizer, nonfinite_terms, save_pipeline, skip_step, training_summary,
+)
 from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
@@ -126,12 +125,7 @@ def main(args: ARTrainingArguments) -> None:
             train_tokenizer.main(parse_arguments(TokenizerTrainingArguments, [
                 "--config", args.tokenizer_config, "--output_dir", str(output_dir / "tokenizer")]), end_training=False)
 
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
+    accelerator = make_accelerator(args, output_dir)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
 
@@ -169,14 +163,9 @@ def main(args: ARTrainingArguments) -> None:
 
     # Optimiser: AdamW, weight decay on tensors with ndim >= 2 (LlamaGen), lr per 256 images when scale_lr
     parameters = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+    optimizer, lr_scheduler, learning_rate = make_optimizer(
+        args, accelerator, [p for p in parameters if p.ndim >= 2], [p for p in parameters if p.ndim < 2])
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate * (global_batch / 256 if args.scale_lr else 1)
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.adam_weight_decay},
-         {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
-        lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2))
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     if objective.projector is not None:  # DDP refuses a module without trainable parameters
         objective = accelerator.prepare(objective)
@@ -200,7 +189,7 @@ def main(args: ARTrainingArguments) -> None:
 
     # Train!
     batches = iter(stream)
-    totals, step_start, images_seen = {}, time.perf_counter(), 0
+    window = LogWindow(args.gradient_accumulation_steps)
     bar = tqdm(total=args.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
     while state.global_step < args.max_train_steps:
         bad_terms = None
@@ -217,22 +206,13 @@ def main(args: ARTrainingArguments) -> None:
                 terms = objective(student, teacher, tokens, labels, gather=accelerator.gather if
                                   accelerator.num_processes > 1 else None,
                                   image_offset=accelerator.process_index * tokens.shape[0])
-                finite = accelerator.reduce(torch.stack([v.detach().isfinite().all() for v in terms.values()]).float(), "sum")
-                if bool((finite < accelerator.num_processes).any()):  # every process skips the step together
-                    bad_terms = [name for name, ok in zip(terms, finite.tolist()) if ok < accelerator.num_processes]
+                bad_terms = nonfinite_terms(terms, accelerator) or bad_terms
+                if bad_terms is not None:  # every process skips the step together
                     continue
                 accelerator.backward(terms["loss"])
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
-            images_seen += tokens.shape[0]
+            window.add(terms, tokens.shape[0])
         if bad_terms is not None:
-            optimizer.zero_grad(set_to_none=True)
-            state.nonfinite_in_a_row += 1
-            logger.warning(f"step {state.global_step + 1}: non-finite {bad_terms}, step skipped "
-                           f"({state.nonfinite_in_a_row} in a row)", main_process_only=True)
-            if state.nonfinite_in_a_row >= args.max_nonfinite_steps:
-                raise RuntimeError(f"stopping at step {state.global_step + 1}: {state.nonfinite_in_a_row} non-finite "
-                                   f"losses in a row (last: {bad_terms})")
+            skip_step(state, optimizer, bad_terms, args.max_nonfinite_steps)
             continue
         grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
@@ -242,31 +222,28 @@ def main(args: ARTrainingArguments) -> None:
             update_ema(teacher, student, args.ema_decay)
         state.global_step += 1
         state.nonfinite_in_a_row = 0
+        window.step_done()
         bar.update(1)
 
         step = state.global_step
-        if step % args.log_steps == 0 or step == args.max_train_steps:
-            elapsed = time.perf_counter() - step_start
-            num_steps = args.log_steps if step % args.log_steps == 0 else step % args.log_steps
-            logs = {f"loss/{name}": accelerator.reduce(value, "mean").item() / num_steps for name, value in totals.items()}
+        if is_due(step, args.log_steps, args.max_train_steps):
+            logs = window.logs(accelerator)
             used = torch.bincount(tokens.flatten(), minlength=vqvae.config.codebook_size).float()
             data_counts = accelerator.reduce(torch.tensor(
                 [stream.counts["skipped"], stream.counts["upscaled"]], device=accelerator.device), "sum").tolist()
             logs.update({
                 "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
-                "throughput/images_per_s": images_seen * accelerator.num_processes / elapsed,
-                "throughput/tokens_per_s": images_seen * accelerator.num_processes * args.num_views * tokens.shape[-1] / elapsed,
+                "throughput/tokens_per_s": logs["throughput/images_per_s"] * args.num_views * tokens.shape[-1],
                 "tokens/batch_code_usage": (used > 0).float().mean().item(),
                 "tokens/batch_perplexity": torch.exp(torch.special.entr(used / used.sum()).sum()).item(),
                 "data/skipped_images": data_counts[0], "data/upscaled_images": data_counts[1],
             })
             log_metrics(accelerator, logs, step, output_dir / "metrics.jsonl")
             bar.set_postfix(loss=f"{logs['loss/loss']:.4f}")
-            totals, step_start, images_seen = {}, time.perf_counter(), 0
-        if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
+            window.reset()
+        if is_due(step, args.checkpointing_steps, args.max_train_steps):
             save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, stream)
-        if accelerator.is_main_process and (
-                (args.validation_steps and step % args.validation_steps == 0) or step == args.max_train_steps):
+        if accelerator.is_main_process and is_due(step, args.validation_steps, args.max_train_steps):
             grid = sample_grid(args, accelerator.unwrap_model(student), vqvae, id2label)
             log_image(accelerator, "samples", grid, step, output_dir / "samples")
         if args.export_steps and step % args.export_steps == 0 and step < args.max_train_steps:
@@ -283,23 +260,10 @@ def export(args, accelerator, student, vqvae, id2label, directory, stream, uploa
     """Writes the student (not the teacher, projector or optimiser) as a STARPipeline with its model card, and queues
     its upload. Every process reports its data digest and weight checksum for the summary."""
     unwrapped = accelerator.unwrap_model(student)
-    checksum = torch.stack([p.detach().double().sum() for p in unwrapped.parameters()]).sum()
-    digests = accelerator.gather(torch.tensor([stream.digest, stream.counts["examples"]], device=accelerator.device))
-    checksums = accelerator.gather(checksum[None].to(accelerator.device))
-    summary = {
-        "steps": step, "images_per_process": digests.view(-1, 2)[:, 1].tolist(),
-        "data_digest_per_process": digests.view(-1, 2)[:, 0].tolist(),
-        "weights_identical_across_processes": bool((checksums == checksums[0]).all()),
-        "arguments": {k: v for k, v in vars(args).items()},
-    }
+    summary = training_summary(accelerator, unwrapped, stream, step, args)
     if accelerator.is_main_process:
-        pipe = STARPipeline(transformer=unwrapped, vqvae=vqvae, id2label=id2label)
-        pipe.save_pretrained(directory)  # diffusers writes no card; ours replaces the plain one with training facts
-        repo_id = uploader.repo_id if uploader is not None else None  # the card's usage snippet loads it
-        pipeline_model_card(pipe, remote_code=False, training=summary, repo_id=repo_id).save(directory / "README.md")
-        (directory / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if uploader is not None:
-            uploader.upload(directory, commit_message=f"{directory.name} of {args.output_dir}")
+        save_pipeline(STARPipeline(transformer=unwrapped, vqvae=vqvae, id2label=id2label), directory, summary, uploader,
+                      f"{directory.name} of {args.output_dir}")
     accelerator.wait_for_everyone()
 
 

@@ -21,10 +21,9 @@ from pathlib import Path
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -40,6 +39,7 @@ from st_ar_hf.training.data import (
     to_pixel_values,
 )
 from st_ar_hf.training.losses import update_ema
+from st_ar_hf.training.loop import make_accelerator
 from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
 from st_ar_hf.training.vq_losses import LPIPS, PatchGANDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 
@@ -96,12 +96,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     output_dir = Path(args.output_dir)
     claim_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
+    accelerator = make_accelerator(args, output_dir)
     set_seed(args.seed)
 
     # Data

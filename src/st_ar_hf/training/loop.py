@@ -1,0 +1,142 @@
+"""The pieces every training loop repeats: the Accelerator, AdamW with its schedule, the non-finite-loss guard, the log
+window, and the atomic export of a `STARPipeline` with its model card and training summary."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_scheduler
+
+logger = get_logger(__name__)
+
+
+def make_accelerator(args, output_dir: Path) -> Accelerator:
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+
+
+def var_lin0_factor(step: int, warmup_steps: int, total_steps: int, start_ratio: float, end_ratio: float) -> float:
+    """VAR's `lin0` schedule (its `lr_wd_annealing`), as a factor of the peak learning rate at `step` of a schedule of
+    `total_steps`: a linear warm-up from `start_ratio` over `warmup_steps`, the peak for 5% of the rest, then a linear
+    decay to `end_ratio` at the last step."""
+    if step < warmup_steps:
+        return start_ratio + (1 - start_ratio) * step / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - 1 - warmup_steps, 1)
+    if progress < 0.05:
+        return 1.0
+    return end_ratio + (1 - end_ratio) * (1 - progress) / 0.95
+
+
+def make_optimizer(args, accelerator, decayed: list, not_decayed: list):
+    """AdamW over two parameter groups (weight decay on `decayed` only) and its learning-rate schedule: a diffusers
+    scheduler by name, or VAR's `lin0` (`--lr_scheduler lin0`), which may start part-way into a longer schedule
+    (`--lr_schedule_offset` of `--lr_schedule_total` steps), as a post-training continues its pre-training's decay.
+    Returns (optimizer, scheduler, peak learning rate); with `--scale_lr` the rate is per 256 images of global batch."""
+    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    learning_rate = args.learning_rate * (global_batch / 256 if args.scale_lr else 1)
+    optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": args.adam_weight_decay}, {"params": not_decayed, "weight_decay": 0.0}],
+        lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    if args.lr_scheduler == "lin0":
+        offset = getattr(args, "lr_schedule_offset", 0)
+        total = getattr(args, "lr_schedule_total", None) or offset + args.max_train_steps
+        factor = lambda step: var_lin0_factor(  # noqa: E731  (LambdaLR counts every process's step)
+            offset + step // accelerator.num_processes, args.lr_warmup_steps, total, args.lr_start_ratio, args.lr_end_ratio)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor), learning_rate
+    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    return optimizer, scheduler, learning_rate
+
+
+def nonfinite_terms(terms: dict[str, torch.Tensor], accelerator) -> list[str] | None:
+    """The names of the loss terms that are not finite on any process (every process gets the same answer, so all
+    skip the step together), or None."""
+    finite = accelerator.reduce(torch.stack([v.detach().isfinite().all() for v in terms.values()]).float(), "sum")
+    return [name for name, ok in zip(terms, finite.tolist()) if ok < accelerator.num_processes] or None
+
+
+def skip_step(state, optimizer, bad_terms: list[str], max_nonfinite_steps: int) -> None:
+    """Drops the step's gradients and counts it; stops the run after `max_nonfinite_steps` in a row."""
+    optimizer.zero_grad(set_to_none=True)
+    state.nonfinite_in_a_row += 1
+    logger.warning(f"step {state.global_step + 1}: non-finite {bad_terms}, step skipped "
+                   f"({state.nonfinite_in_a_row} in a row)", main_process_only=True)
+    if state.nonfinite_in_a_row >= max_nonfinite_steps:
+        raise RuntimeError(f"stopping at step {state.global_step + 1}: {state.nonfinite_in_a_row} non-finite "
+                           f"losses in a row (last: {bad_terms})")
+
+
+def is_due(step: int, every: int | None, last_step: int) -> bool:
+    """Whether a periodic action (logging, checkpoint, samples) runs at `step`: every `every` steps and at the end."""
+    return bool(every) and step % every == 0 or step == last_step
+
+
+class LogWindow:
+    """The loss terms and images since the last log: `add` after each micro-batch, `logs` at a log step."""
+
+    def __init__(self, accumulation_steps: int):
+        self.accumulation_steps = accumulation_steps
+        self.reset()
+
+    def reset(self) -> None:
+        self.totals, self.images, self.steps, self.start = {}, 0, 0, time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], images: int) -> None:
+        """One micro-batch's terms (summed as the mean over the step's micro-batches) and its images."""
+        for name, value in terms.items():
+            self.totals[name] = self.totals.get(name, 0.0) + value.detach().float() / self.accumulation_steps
+        self.images += images
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def logs(self, accelerator) -> dict[str, float]:
+        """`loss/<term>` means over the window's optimizer steps and all processes, and the global images/s."""
+        logs = {f"loss/{name}": accelerator.reduce(value, "mean").item() / max(self.steps, 1)
+                for name, value in self.totals.items()}
+        logs["throughput/images_per_s"] = self.images * accelerator.num_processes / (time.perf_counter() - self.start)
+        return logs
+
+
+def training_summary(accelerator, model, stream, step: int, args) -> dict:
+    """What the exported card and `training_summary.json` record: steps, the images and data digest of every process,
+    whether the processes ended with identical weights, and the run's arguments (a collective: every process calls)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    digests = accelerator.gather(torch.tensor([stream.digest, stream.counts["examples"]], device=accelerator.device))
+    checksums = accelerator.gather(checksum[None].to(accelerator.device))
+    return {
+        "steps": step, "images_per_process": digests.view(-1, 2)[:, 1].tolist(),
+        "data_digest_per_process": digests.view(-1, 2)[:, 0].tolist(),
+        "weights_identical_across_processes": bool((checksums == checksums[0]).all()),
+        "arguments": dict(vars(args)),
+    }
+
+
+def save_pipeline(pipe, directory: Path, summary: dict, uploader, commit_message: str) -> None:
+    """Writes `pipe` with its model card and `training_summary.json` beside `directory`, renames it into place (a
+    reader never sees half a pipeline) and queues its upload. Main process only."""
+    from st_ar_hf.model_cards import pipeline_model_card
+
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.save_pretrained(partial)  # diffusers writes no card; ours replaces the plain one with training facts
+    repo_id = uploader.repo_id if uploader is not None else None  # the card's usage snippet loads it
+    pipeline_model_card(pipe, remote_code=False, training=summary, repo_id=repo_id).save(partial / "README.md")
+    (partial / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    if uploader is not None:
+        uploader.upload(directory, commit_message=commit_message)
+
+
+__all__ = ["LogWindow", "is_due", "make_accelerator", "make_optimizer", "nonfinite_terms", "save_pipeline", "skip_step",
+           "training_summary", "var_lin0_factor"]
