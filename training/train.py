@@ -14,7 +14,6 @@ folders, sample grids, and a `STARPipeline` in `<output_dir>/pipeline`.
 import copy
 from pathlib import Path
 
-import PIL.Image
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -33,9 +32,10 @@ from st_ar_hf.training.data import (
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.loop import (
-    LogWindow, is_due, make_accelerator, make_optimizer, nonfinite_terms, save_pipeline, skip_step, training_summary,
+    LogWindow, class_labels, is_due, label_tensor, make_accelerator, make_optimizer, nonfinite_terms, sample_grid,
+    save_pipeline, skip_step, training_summary,
 )
-from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
+from st_ar_hf.training.tracking import finish_run, log_image, log_metrics
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 logger = get_logger(__name__)
@@ -60,10 +60,7 @@ def build_transform(args: ARTrainingArguments, num_classes: int):
     """raw example -> {"label": [], "views": [V, 3, H, W] pixels or [V, T] codes}; V distinct crops of the ten."""
 
     def label_of(example):
-        label = int(example[args.label_column])
-        if not 0 <= label < num_classes:
-            raise ValueError(f"--label_column {args.label_column!r} holds {label}, outside the model's {num_classes} classes")
-        return torch.tensor(label)
+        return label_tensor(example, args.label_column, num_classes)
 
     def from_codes(example, rng, counts):
         codes = torch.tensor(example["codes"], dtype=torch.long)  # [10 or 2 crops, T]
@@ -96,20 +93,6 @@ def build_model(args: ARTrainingArguments, vocab_size: int, grid_size: int, num_
                                                       **(args.model_config or {}))
 
 
-def sample_grid(args, student, vqvae, id2label) -> PIL.Image.Image:
-    """One row per class (up to validation_max_classes), images seeded by their position."""
-    student.eval()
-    pipe = STARPipeline(transformer=student, vqvae=vqvae, id2label=id2label)
-    pipe.set_progress_bar_config(disable=True)
-    labels = sorted(id2label)[: args.validation_max_classes]
-    num = args.validation_images_per_class
-    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels) * num)]
-    images = pipe(labels, num_images_per_label=num, guidance_scale=args.validation_guidance_scale,
-                  generator=generators, output_type="np").images
-    student.train()
-    return make_grid(images, columns=num, scale=max(1, 64 // images.shape[1]))
-
-
 def main(args: ARTrainingArguments) -> None:
     output_dir = Path(args.output_dir)
     claim_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
@@ -133,12 +116,8 @@ def main(args: ARTrainingArguments) -> None:
 
     # Data: this process's share of the stream; never passed through accelerator.prepare (no double split)
     dataset, names = load_data(args, accelerator)
-    num_classes = args.num_classes or (len(names) if names else None)
-    if num_classes is None:
-        raise ValueError("the label column is not a ClassLabel: give --num_classes")
-    if names is not None and len(names) > num_classes:
-        raise ValueError(f"the dataset has {len(names)} classes but --num_classes is {num_classes}")
-    id2label = {i: (names[i] if names else str(i)) for i in range(num_classes)}
+    id2label = class_labels(names, args.num_classes)
+    num_classes = len(id2label)
     stream = ExampleStream(dataset, build_transform(args, num_classes), args.train_batch_size, args.seed,
                            accelerator.process_index, accelerator.num_processes, args.shuffle_buffer,
                            args.shuffle_input_shards, args.max_skipped_in_a_row, args.data_source)

@@ -6,11 +6,14 @@ import shutil
 import time
 from pathlib import Path
 
+import PIL.Image
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
+
+from .tracking import make_grid
 
 logger = get_logger(__name__)
 
@@ -107,6 +110,41 @@ class LogWindow:
         return logs
 
 
+def class_labels(names: list[str] | None, num_classes: int | None) -> dict[int, str]:
+    """id2label of a run: the dataset's ClassLabel names, within `--num_classes` when given."""
+    num_classes = num_classes or (len(names) if names else None)
+    if num_classes is None:
+        raise ValueError("the label column is not a ClassLabel: give --num_classes")
+    if names is not None and len(names) > num_classes:
+        raise ValueError(f"the dataset has {len(names)} classes but --num_classes is {num_classes}")
+    return {i: (names[i] if names else str(i)) for i in range(num_classes)}
+
+
+def label_tensor(example: dict, label_column: str, num_classes: int) -> torch.Tensor:
+    """An example's label as a 0-d tensor; a label outside the model's classes is an error naming the column."""
+    label = int(example[label_column])
+    if not 0 <= label < num_classes:
+        raise ValueError(f"--label_column {label_column!r} holds {label}, outside the model's {num_classes} classes")
+    return torch.tensor(label)
+
+
+def sample_grid(args, model, vqvae, id2label) -> PIL.Image.Image:
+    """One row per class (up to `validation_max_classes`), `validation_images_per_class` images seeded by their
+    position, sampled with `validation_guidance_scale`; the model is back in training mode afterwards."""
+    from st_ar_hf.pipelines import STARPipeline
+
+    model.eval()
+    pipe = STARPipeline(transformer=model, vqvae=vqvae, id2label=id2label)
+    pipe.set_progress_bar_config(disable=True)
+    labels = sorted(id2label)[: args.validation_max_classes]
+    num = args.validation_images_per_class
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels) * num)]
+    images = pipe(labels, num_images_per_label=num, guidance_scale=args.validation_guidance_scale,
+                  generator=generators, output_type="np").images
+    model.train()
+    return make_grid(images, columns=num, scale=max(1, 64 // images.shape[1]))
+
+
 def training_summary(accelerator, model, stream, step: int, args) -> dict:
     """What the exported card and `training_summary.json` record: steps, the images and data digest of every process,
     whether the processes ended with identical weights, and the run's arguments (a collective: every process calls)."""
@@ -138,5 +176,6 @@ def save_pipeline(pipe, directory: Path, summary: dict, uploader, commit_message
         uploader.upload(directory, commit_message=commit_message)
 
 
-__all__ = ["LogWindow", "is_due", "make_accelerator", "make_optimizer", "nonfinite_terms", "save_pipeline", "skip_step",
+__all__ = ["LogWindow", "class_labels", "is_due", "label_tensor", "make_accelerator", "make_optimizer", "nonfinite_terms", "sample_grid", "save_pipeline",
+           "skip_step",
            "training_summary", "var_lin0_factor"]
