@@ -21,7 +21,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 import train_tokenizer
-from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
+from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE
 from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments, run_script
@@ -32,8 +32,8 @@ from st_ar_hf.training.data import (
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.loop import (
-    LogWindow, class_labels, is_due, label_tensor, make_accelerator, make_optimizer, nonfinite_terms, sample_grid,
-    save_pipeline, skip_step, training_summary,
+    LogWindow, class_labels, export_pipeline, is_due, label_tensor, make_accelerator, make_optimizer, nonfinite_terms,
+    sample_grid, skip_step,
 )
 from st_ar_hf.training.tracking import finish_run, log_image, log_metrics
 
@@ -226,24 +226,14 @@ def main(args: ARTrainingArguments) -> None:
             grid = sample_grid(args, accelerator.unwrap_model(student), vqvae, id2label)
             log_image(accelerator, "samples", grid, step, output_dir / "samples")
         if args.export_steps and step % args.export_steps == 0 and step < args.max_train_steps:
-            export(args, accelerator, student, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader, step)
+            export_pipeline(args, accelerator, student, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader, step)
 
     # Export the student (not the teacher, projector or optimiser) as a STARPipeline
-    export(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)
+    export_pipeline(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)
     if uploader is not None:
         uploader.wait()
     finish_run(accelerator)
 
-
-def export(args, accelerator, student, vqvae, id2label, directory, stream, uploader, step: int) -> None:
-    """Writes the student (not the teacher, projector or optimiser) as a STARPipeline with its model card, and queues
-    its upload. Every process reports its data digest and weight checksum for the summary."""
-    unwrapped = accelerator.unwrap_model(student)
-    summary = training_summary(accelerator, unwrapped, stream, step, args)
-    if accelerator.is_main_process:
-        save_pipeline(STARPipeline(transformer=unwrapped, vqvae=vqvae, id2label=id2label), directory, summary, uploader,
-                      f"{directory.name} of {args.output_dir}")
-    accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

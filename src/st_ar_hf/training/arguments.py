@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .sar import RolloutSampling, check_flexvar_schedule
+
 
 @dataclass
 class DataArguments:
@@ -268,6 +270,127 @@ class ARTrainingArguments(RunArguments):
             raise ValueError(f"--contrastive_layer {layer} is outside the model's layers 1..{config.num_hidden_layers}")
         if (self.step_weight > 0 or self.view_weight > 0) and self.num_positions > config.block_size:
             raise ValueError(f"--num_positions {self.num_positions} exceeds the sequence of {config.block_size} tokens")
+
+
+@dataclass
+class ScaleWiseTrainingArguments(RunArguments):
+    """VAR / FlexVAR training by teacher forcing, and SAR's post-training (arXiv 2512.06421) when sigma > 0:
+    L = L_TF + sigma * L_CSF. Optimisation defaults are VAR's: lr = 1e-4 per 256 images, AdamW (0.9, 0.95), weight
+    decay 0.05, clip 2.0, the `lin0` schedule."""
+
+    RESUME_FIXED = RunArguments.DATA_SOURCES + (
+        "model", "model_config", "image_size", "num_classes", "vqvae", "sigma", "rollout_scales", "rollout_targets")
+
+    num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's ClassLabel count"})
+    crop_ratio: float = field(default=1.125, metadata={"help": "resize the short side to crop_ratio * image_size, then "
+                                                                "a random square crop (VAR's mid_reso)"})
+    random_flip: bool = False
+    # models
+    model: str = field(default="flexvar-d16", metadata={
+        "help": "a preset (var-d16 .. var-d36, flexvar-d16 .. flexvar-d24) to train from scratch, or a folder: a "
+                "STARPipeline (its transformer and tokenizer) or a transformer"})
+    model_config: dict | None = field(default=None, metadata={"help": "VARConfig / FlexVARConfig overrides, as JSON"})
+    vqvae: str | None = field(default=None, metadata={
+        "help": "VARVQVAE (VAR) or LlamaGenVQVAE (FlexVAR) folder; default: the pipeline's given as --model"})
+    tokenizer_config: str | None = field(
+        default=None, metadata={"help": "without a tokenizer: train one first with this train_tokenizer.py YAML"})
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    # teacher forcing
+    random_scales: bool | None = field(default=None, metadata={
+        "help": "FlexVAR's random scale schedule per step (default: on for FlexVAR; VAR has one schedule)"})
+    label_smoothing: float = 0.0
+    # SAR
+    sigma: float = field(default=0.0, metadata={"help": "weight of L_CSF; 0 is teacher forcing alone (SAR: 0.01)"})
+    rollout_scales: str = field(default="last", metadata={
+        "help": "last: the released code's penultimate -> last scale pass; all: every scale, the paper's figure"})
+    rollout_targets: str = field(default="teacher", metadata={
+        "help": "teacher: the teacher-forced tokens (CSF); ground_truth: the ablation tf_then_single_sf"})
+    rollout_sampling: bool = field(default=False, metadata={"help": "draw the rollout tokens instead of argmax"})
+    rollout_guidance_scale: float | None = field(default=None, metadata={"help": "with rollout_sampling; default 1.2"})
+    rollout_top_k: int | None = field(default=None, metadata={"help": "with rollout_sampling; default 900"})
+    rollout_top_p: float | None = field(default=None, metadata={"help": "with rollout_sampling; default 0.96"})
+    # VAR's optimisation
+    learning_rate: float = field(default=1e-4, metadata={"help": "per 256 images with scale_lr (VAR's tblr)"})
+    scale_lr: bool = True
+    max_grad_norm: float = 2.0
+    lr_scheduler: str = field(default="lin0", metadata={"help": "VAR's lin0, or a diffusers.optimization scheduler"})
+    lr_start_ratio: float = field(default=0.005, metadata={"help": "lin0: lr at step 0 over the peak (VAR's wp0)"})
+    lr_end_ratio: float = field(default=0.01, metadata={"help": "lin0: lr at the last step over the peak (VAR's wpe)"})
+    lr_schedule_offset: int = field(default=0, metadata={
+        "help": "lin0: steps of the schedule done before this run (a post-training continues its pre-training's decay)"})
+    lr_schedule_total: int | None = field(default=None, metadata={
+        "help": "lin0: the schedule's length in steps; default lr_schedule_offset + max_train_steps"})
+    # validation samples
+    validation_images_per_class: int = 4
+    validation_max_classes: int = 16
+    validation_guidance_scale: float = 1.5
+    export_steps: int | None = field(default=None, metadata={"help": "also export (and push) a pipeline every N steps"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vqvae is not None and self.tokenizer_config is not None:
+            raise ValueError("give --vqvae or --tokenizer_config, not both")
+        if self.sigma < 0:
+            raise ValueError(f"--sigma must be >= 0, got {self.sigma}")
+        if self.rollout_scales not in ("last", "all"):
+            raise ValueError(f"--rollout_scales must be last or all, got {self.rollout_scales!r}")
+        if self.rollout_targets not in ("teacher", "ground_truth"):
+            raise ValueError(f"--rollout_targets must be teacher or ground_truth, got {self.rollout_targets!r}")
+        given = [name for name in ("rollout_guidance_scale", "rollout_top_k", "rollout_top_p") if getattr(self, name) is not None]
+        if given and not self.rollout_sampling:
+            raise ValueError(f"{['--' + n for n in given]} set the sampled rollout: add --rollout_sampling, or drop "
+                             "them for the argmax rollout")
+        if self.sigma > 0 and self.is_preset:
+            raise ValueError(f"SAR (--sigma {self.sigma}) post-trains a pretrained scale-wise model: give --model a "
+                             f"converted or trained folder, not the preset {self.model!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.crop_ratio < 1:
+            raise ValueError(f"--crop_ratio must be >= 1, got {self.crop_ratio}")
+        if self.lr_schedule_total is not None and self.lr_schedule_total < self.lr_schedule_offset + self.max_train_steps:
+            raise ValueError(f"--lr_schedule_total {self.lr_schedule_total} is shorter than --lr_schedule_offset + "
+                             f"--max_train_steps ({self.lr_schedule_offset + self.max_train_steps})")
+        if self.lr_scheduler == "lin0" and self.lr_warmup_steps == 0 and self.lr_schedule_offset == 0:
+            self.lr_warmup_steps = round(0.02 * (self.lr_schedule_total or self.max_train_steps))  # VAR: ep / 50
+
+    @property
+    def is_preset(self) -> bool:
+        return self.model.split("-")[0] in ("var", "flexvar") and self.model.split("-", 1)[-1].startswith("d")
+
+    @property
+    def rollout_sampling_settings(self) -> RolloutSampling | None:
+        if not self.rollout_sampling:
+            return None
+        defaults = RolloutSampling()
+        return RolloutSampling(
+            defaults.guidance_scale if self.rollout_guidance_scale is None else self.rollout_guidance_scale,
+            defaults.top_k if self.rollout_top_k is None else self.rollout_top_k,
+            defaults.top_p if self.rollout_top_p is None else self.rollout_top_p)
+
+    def check_model(self, config, vqvae_config) -> None:
+        """Settings that depend on the transformer and its tokenizer; fails before training with the setting's name."""
+        expected = {"var": "var_vqvae", "flexvar": "llamagen_vqvae"}[config.model_type]
+        if vqvae_config.model_type != expected:
+            raise ValueError(f"--vqvae: a {config.model_type} transformer reads {expected} codes, got a "
+                             f"{vqvae_config.model_type} tokenizer")
+        if (vqvae_config.codebook_size, vqvae_config.codebook_embed_dim) != (config.vocab_size, config.codebook_embed_dim):
+            raise ValueError(f"--vqvae has {vqvae_config.codebook_size} codes of {vqvae_config.codebook_embed_dim} dims; "
+                             f"the transformer expects {config.vocab_size} of {config.codebook_embed_dim}")
+        latent_side = self.image_size // vqvae_config.downsample_factor
+        if config.patch_nums[-1] != latent_side:
+            raise ValueError(f"--image_size {self.image_size}: the tokenizer makes {latent_side}x{latent_side} code maps, "
+                             f"but the transformer's patch_nums {config.patch_nums} end at {config.patch_nums[-1]}")
+        if config.model_type == "var" and self.random_scales:
+            raise ValueError("--random_scales: VAR learns one position embedding per position of its schedule; only "
+                             "FlexVAR trains on random schedules")
+        if config.model_type == "var" and self.sigma > 0 and self.rollout_scales == "last":
+            raise ValueError("--rollout_scales last is the released FlexVAR pass over a [1, s_K] schedule, which VAR's "
+                             "per-position embeddings cannot run: use --rollout_scales all for VAR")
+        if self.random_scales is None:
+            self.random_scales = config.model_type == "flexvar"
+        if self.random_scales:
+            check_flexvar_schedule(config.patch_nums)
 
 
 @dataclass

@@ -33,7 +33,7 @@ def var_lin0_factor(step: int, warmup_steps: int, total_steps: int, start_ratio:
     decay to `end_ratio` at the last step."""
     if step < warmup_steps:
         return start_ratio + (1 - start_ratio) * step / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - 1 - warmup_steps, 1)
+    progress = min((step - warmup_steps) / max(total_steps - 1 - warmup_steps, 1), 1.0)
     if progress < 0.05:
         return 1.0
     return end_ratio + (1 - end_ratio) * (1 - progress) / 0.95
@@ -159,23 +159,29 @@ def training_summary(accelerator, model, stream, step: int, args) -> dict:
     }
 
 
-def save_pipeline(pipe, directory: Path, summary: dict, uploader, commit_message: str) -> None:
-    """Writes `pipe` with its model card and `training_summary.json` beside `directory`, renames it into place (a
-    reader never sees half a pipeline) and queues its upload. Main process only."""
+def export_pipeline(args, accelerator, model, vqvae, id2label: dict, directory: Path, stream, uploader, step: int) -> None:
+    """Writes the trained transformer (unwrapped; no teacher, projector or optimiser) and its tokenizer as a
+    `STARPipeline` with its model card and `training_summary.json` beside `directory`, renames it into place (a reader
+    never sees half a pipeline) and queues its upload. A collective: every process calls it."""
     from st_ar_hf.model_cards import pipeline_model_card
+    from st_ar_hf.pipelines import STARPipeline
 
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    pipe.save_pretrained(partial)  # diffusers writes no card; ours replaces the plain one with training facts
-    repo_id = uploader.repo_id if uploader is not None else None  # the card's usage snippet loads it
-    pipeline_model_card(pipe, remote_code=False, training=summary, repo_id=repo_id).save(partial / "README.md")
-    (partial / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
-    if uploader is not None:
-        uploader.upload(directory, commit_message=commit_message)
+    unwrapped = accelerator.unwrap_model(model)
+    summary = training_summary(accelerator, unwrapped, stream, step, args)
+    if accelerator.is_main_process:
+        pipe = STARPipeline(transformer=unwrapped, vqvae=vqvae, id2label=id2label)
+        partial = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        pipe.save_pretrained(partial)  # diffusers writes no card; ours replaces the plain one with training facts
+        repo_id = uploader.repo_id if uploader is not None else None  # the card's usage snippet loads it
+        pipeline_model_card(pipe, remote_code=False, training=summary, repo_id=repo_id).save(partial / "README.md")
+        (partial / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(directory, ignore_errors=True)
+        partial.rename(directory)
+        if uploader is not None:
+            uploader.upload(directory, commit_message=f"{directory.name} of {args.output_dir}")
+    accelerator.wait_for_everyone()
 
 
-__all__ = ["LogWindow", "class_labels", "is_due", "label_tensor", "make_accelerator", "make_optimizer", "nonfinite_terms", "sample_grid", "save_pipeline",
-           "skip_step",
-           "training_summary", "var_lin0_factor"]
+__all__ = ["LogWindow", "class_labels", "export_pipeline", "is_due", "label_tensor", "make_accelerator", "make_optimizer",
+           "nonfinite_terms", "sample_grid", "skip_step", "training_summary", "var_lin0_factor"]

@@ -286,14 +286,14 @@ class LlamaGenVQVAE(PreTrainedModel):
     @apply_forward_hook
     def encode_scales(self, pixel_values: torch.FloatTensor, scales: list[int]) -> list[torch.LongTensor]:
         """FlexVAR's multi-scale tokenisation (its tokenizer is this model): the latent, area-downsampled to each side
-        of `scales` (increasing, ending at the latent grid H / f), quantised on its own, with no residual between
-        scales -> code ids, a list of [B, s_k, s_k]."""
+        of `scales` (increasing, up to the latent grid H / f; FlexVAR's training drops late scales of long random
+        schedules), quantised on its own, with no residual between scales -> code ids, a list of [B, s_k, s_k]."""
         self._check_pixel_values(pixel_values)
         height, width = (size // self.config.downsample_factor for size in pixel_values.shape[-2:])
         sides = list(scales) if isinstance(scales, (list, tuple)) else None
         if (height != width or not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sides)
-                or any(b <= a for a, b in zip(sides, sides[1:])) or sides[-1] != height):
-            raise ValueError(f"scales must be increasing positive ints ending at the side of the (square) latent grid "
+                or any(b <= a for a, b in zip(sides, sides[1:])) or sides[-1] > height):
+            raise ValueError(f"scales must be increasing positive ints up to the side of the (square) latent grid "
                              f"{height}x{width}, got {scales!r}")
         latents = self.quant_conv(self.encoder(pixel_values))  # [B, C, h, w]
         return [self.quantize(F.interpolate(latents, size=(side, side), mode="area"))[2] for side in sides]

@@ -281,6 +281,7 @@ class VARPreTrainedModel(PreTrainedModel):
         past_key_values: Cache | None = None,
         use_cache: bool = False,
         conditioning: VARConditioning | None = None,
+        with_start_embedding: bool = True,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> CausalLMOutputWithPast:
@@ -296,6 +297,8 @@ class VARPreTrainedModel(PreTrainedModel):
             past_key_values / use_cache: a transformers `Cache` to read and extend (a `DynamicCache` is made when
                 `use_cache` is set and none is given).
             conditioning: `condition(class_labels)`, computed once by a decoding loop and passed to every scale.
+            with_start_embedding: False makes the first position the class embedding alone (plus its position), as in
+                SAR's student-forcing pass over a `[1, s]` schedule.
             output_hidden_states: also return the embeddings and the output of every block, each [B, T, C].
 
         Returns logits [B, T, vocab_size] (float32) for the new positions.
@@ -310,7 +313,8 @@ class VARPreTrainedModel(PreTrainedModel):
 
         if conditioning is None:
             conditioning = self.condition(class_labels)
-        embeddings = [] if past_length else [conditioning.class_embeddings[:, None] + self.start_embedding]
+        start = conditioning.class_embeddings[:, None] + (self.start_embedding if with_start_embedding else 0)
+        embeddings = [] if past_length else [start]
         if scale_inputs is not None:
             embeddings.append(self.embed_codes(scale_inputs.to(self.embed_codes.weight.dtype)))
         starts = [sum(side * side for side in scales[:k]) for k in range(len(scales) + 1)]  # first position of scale k
