@@ -52,13 +52,14 @@ def _config(assets, tmp_path, **overrides) -> Path:
     return path
 
 
-def _launch(config: Path, *flags: str, processes: int = 1, port: int = 29611, env: dict | None = None) -> subprocess.CompletedProcess:
+def _launch(config: Path, *flags: str, processes: int = 1, port: int = 29611, env: dict | None = None,
+            script: str = "train.py") -> subprocess.CompletedProcess:
     launcher = [ACCELERATE, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(port)] if processes > 1 \
         else ["--num_processes", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
            "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([*launcher, str(ROOT / "training" / "train.py"), "--config", str(config), *flags],
+    return subprocess.run([*launcher, str(ROOT / "training" / script), "--config", str(config), *flags],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -66,12 +67,12 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _kill_during(config: Path, partial: Path) -> None:
+def _kill_during(config: Path, partial: Path, script: str = "train.py") -> None:
     """Launches a run and SIGKILLs it while `partial` (a checkpoint being saved) exists: frozen first with SIGSTOP,
     so the save is caught half-way, then killed with every process of the launch."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.Popen([ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(ROOT / "training" / "train.py"), "--config", str(config)],
+                            "--dynamo_backend", "no", str(ROOT / "training" / script), "--config", str(config)],
                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not partial.exists() and run.poll() is None and time.monotonic() < deadline:

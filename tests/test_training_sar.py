@@ -57,6 +57,8 @@ def test_flexvar_schedule_draws_valid_schedules_at_flexvar_rates():
         assert sum(s * s for s in schedule) <= 680
     assert 0.035 < sum(s == VAR_SCHEDULE for s in schedules) / len(schedules) < 0.065  # 5% plus chance hits
     assert any(s[-1] != 16 for s in schedules)  # FlexVAR's truncation can drop the last scale
+    short = [flexvar_schedule([1, 2, 3, 4, 6], rng) for _ in range(2000)]  # heavy truncation never drops the 1
+    assert all(s[0] == 1 and len(s) >= 2 and sum(x * x for x in s) <= 66 for s in short)
 
 
 def test_flexvar_schedule_needs_room_for_its_draws():

@@ -97,10 +97,15 @@ def build_transform(args: ScaleWiseTrainingArguments, num_classes: int):
     return transform
 
 
-def main(args: ScaleWiseTrainingArguments) -> None:
+def main(args: ScaleWiseTrainingArguments, end_training: bool = True) -> None:
+    """`end_training=False` leaves the process group up for a second stage in these processes."""
     output_dir = Path(args.output_dir)
     claim_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.pretrain_config is not None and not Path(args.model).is_dir():  # pre-train first (resumable)
+        main(parse_arguments(ScaleWiseTrainingArguments, ["--config", args.pretrain_config]), end_training=False)
+        if not Path(args.model).is_dir():
+            raise ValueError(f"--pretrain_config {args.pretrain_config} did not write --model {args.model}")
     vqvae = load_tokenizer(args, output_dir)
     accelerator = make_accelerator(args, output_dir)
     logger.info(accelerator.state, main_process_only=False)
@@ -199,7 +204,7 @@ def main(args: ScaleWiseTrainingArguments) -> None:
     export_pipeline(args, accelerator, model, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)
     if uploader is not None:
         uploader.wait()
-    finish_run(accelerator)
+    finish_run(accelerator, keep_process_group=not end_training)
 
 
 

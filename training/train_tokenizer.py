@@ -22,7 +22,6 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -239,12 +238,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
             uploader.upload(final, commit_message=f"tokenizer of {args.output_dir}")
             uploader.wait()
     accelerator.wait_for_everyone()
-    if end_training:
-        finish_run(accelerator)
-    else:  # the caller continues in these processes with an Accelerator of its own, possibly in another precision
-        for tracker in accelerator.trackers:
-            tracker.finish()
-        AcceleratorState._reset_state()  # keeps the process group (PartialState)
+    finish_run(accelerator, keep_process_group=not end_training)
     return final
 
 

@@ -294,6 +294,8 @@ class ScaleWiseTrainingArguments(RunArguments):
         "help": "VARVQVAE (VAR) or LlamaGenVQVAE (FlexVAR) folder; default: the pipeline's given as --model"})
     tokenizer_config: str | None = field(
         default=None, metadata={"help": "without a tokenizer: train one first with this train_tokenizer.py YAML"})
+    pretrain_config: str | None = field(default=None, metadata={
+        "help": "when the --model folder does not exist: pre-train it first with this train_scalewise.py YAML"})
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     # teacher forcing
@@ -341,6 +343,8 @@ class ScaleWiseTrainingArguments(RunArguments):
         if given and not self.rollout_sampling:
             raise ValueError(f"{['--' + n for n in given]} set the sampled rollout: add --rollout_sampling, or drop "
                              "them for the argmax rollout")
+        if self.pretrain_config is not None and self.is_preset:
+            raise ValueError(f"--pretrain_config writes the pretrained --model folder; --model {self.model!r} is a preset")
         if self.sigma > 0 and self.is_preset:
             raise ValueError(f"SAR (--sigma {self.sigma}) post-trains a pretrained scale-wise model: give --model a "
                              f"converted or trained folder, not the preset {self.model!r}")

@@ -33,8 +33,8 @@ def flexvar_schedule(patch_nums: Sequence[int], rng=random) -> list[int]:
     """FlexVAR's random training schedule (`gen_curr_patch_nums`), for the trained schedule `patch_nums` ending at
     side S with at most L = sum(s^2) tokens. With 5% probability `patch_nums` itself; otherwise [1, 2], then
     `len(patch_nums) - 5` distinct sides from 3 .. patch_nums[-3] and 2 from patch_nums[-3] + 1 .. S - 1, then S;
-    one middle scale dropped with probability 10%, more with 5%, 2%, 1%; then scales among the last four dropped at
-    random until at most L tokens remain (which may drop S, or the 2). For VAR's (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) these are
+    one middle scale dropped with probability 10%, more with 5%, 2%, 1%; then scales among the last four (never the
+    first) dropped at random until at most L tokens remain (which may drop S, or the 2). For VAR's (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) these are
     FlexVAR's draws exactly: 5 of 3..10, 2 of 11..15."""
     patch_nums = list(patch_nums)
     max_tokens, split, last = sum(s * s for s in patch_nums), patch_nums[-3], patch_nums[-1]
@@ -44,10 +44,10 @@ def flexvar_schedule(patch_nums: Sequence[int], rng=random) -> list[int]:
     scales = [1, 2, *sorted(middle), last]
     draw = rng.random()
     for threshold in (0.9, 0.95, 0.98, 0.99):
-        if draw > threshold:
+        if draw > threshold and len(scales) > 3:  # a middle scale is left to drop (short schedules)
             scales.pop(rng.choice(range(2, len(scales) - 1)))
     while sum(s * s for s in scales) > max_tokens:
-        scales.pop(rng.choice(range(len(scales) - 4, len(scales))))
+        scales.pop(rng.choice(range(max(len(scales) - 4, 1), len(scales))))  # never the 1 (short schedules)
     return scales
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+from accelerate.state import AcceleratorState
 
 
 def make_grid(images: np.ndarray, columns: int, padding: int = 2, scale: int = 1) -> PIL.Image.Image:
@@ -43,14 +44,21 @@ def log_image(accelerator, name: str, image: PIL.Image.Image, step: int, save_di
             tracker.log({name: wandb.Image(image)}, step=step)
 
 
-def finish_run(accelerator) -> None:
+def finish_run(accelerator, keep_process_group: bool = False) -> None:
     """`accelerator.end_training()` (trackers closed, process group destroyed), then a pause with the GIL released.
+    With `keep_process_group` (a run that is a first stage of another in the same processes, which makes an
+    Accelerator of its own, possibly in another precision) the trackers are closed and the process group kept.
 
     PyTorch's Gloo process group joins its worker threads in its destructor, which runs with the GIL held when the
     last DDP wrapper is freed (as the script's `main` returns); a worker still freeing the tensors of the last
     collective waits for that GIL, and both processes hang forever (seen in 1 of ~50 two-process runs here, with
     the stacks `Reducer::~Reducer -> ~ProcessGroupGloo -> thread::join` and `~AsyncBarrierWork -> decref_pyobject
     -> gil_scoped_acquire`). The pause lets the workers finish first."""
+    if keep_process_group:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        AcceleratorState._reset_state()  # keeps the process group (PartialState)
+        return
     accelerator.end_training()
     if accelerator.num_processes > 1:
         time.sleep(0.5)
