@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from st_ar_hf import FlexVARForImageGeneration, LlamaGenVQVAE, STARPipeline
+from st_ar_hf import FlexVARForImageGeneration, LlamaGenVQVAE, STARPipeline, VARForImageGeneration, VARVQVAE
 from st_ar_hf.training.arguments import ScaleWiseTrainingArguments, parse_arguments
 from st_ar_hf.training.checkpointing import list_checkpoints
 from st_ar_hf.training.data import write_embedded_dataset
@@ -29,6 +29,9 @@ def assets(tmp_path_factory):
     transformer = FlexVARForImageGeneration(tiny_flexvar_config(
         hidden_size=32, num_attention_heads=2, patch_nums=SCALES, class_dropout_prob=0.1))
     STARPipeline(transformer=transformer, vqvae=vqvae, id2label={i: str(i) for i in range(10)}).save_pretrained(root / "flexvar")
+    var = VARForImageGeneration(tiny_var_config(hidden_size=32, num_attention_heads=2, patch_nums=SCALES))
+    var_vqvae = VARVQVAE(tiny_var_vqvae_config(patch_nums=SCALES))
+    STARPipeline(transformer=var, vqvae=var_vqvae, id2label={i: str(i) for i in range(10)}).save_pretrained(root / "var")
     return root
 
 
@@ -98,6 +101,15 @@ def test_teacher_forcing_from_scratch_after_training_a_tokenizer(assets, tmp_pat
     assert "teacher forcing" in (tmp_path / "run" / "pipeline" / "README.md").read_text()
 
 
+def test_var_post_trains_with_sar_over_all_scales(assets, tmp_path):
+    run = _launch(_config(assets, tmp_path, model=str(assets / "var"), rollout_scales="all", max_train_steps=2,
+                          checkpointing_steps=2), script="train_scalewise.py")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = _metrics(tmp_path / "run")
+    assert all(m["loss/loss"] == pytest.approx(m["loss/tf"] + 0.5 * m["loss/csf"], rel=1e-5) for m in metrics)
+    assert STARPipeline.from_pretrained(tmp_path / "run" / "pipeline").transformer.config.model_type == "var"
+
+
 def _arguments(assets, tmp_path, *flags, **overrides) -> ScaleWiseTrainingArguments:
     return parse_arguments(ScaleWiseTrainingArguments, ["--config", str(_config(assets, tmp_path, **overrides)), *flags])
 
@@ -140,3 +152,11 @@ def test_a_dataset_with_more_classes_than_the_model_fails_before_training(assets
     run = _launch(_config(assets, tmp_path, model=str(tmp_path / "five")), script="train_scalewise.py")
     assert run.returncode != 0 and "the dataset has 10 classes but the model --model" in run.stderr
     assert not list_checkpoints(tmp_path / "run")
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_the_terms(assets, tmp_path):
+    run = _launch(_config(assets, tmp_path, learning_rate=1e30, max_nonfinite_steps=2, max_grad_norm=1e30),
+                  script="train_scalewise.py")
+    assert run.returncode != 0
+    assert "step skipped (1 in a row)" in run.stderr and "2 non-finite losses in a row" in run.stderr
+    assert "'csf'" in run.stderr and "'loss'" in run.stderr

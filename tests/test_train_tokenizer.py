@@ -153,3 +153,23 @@ def test_resume_with_discriminator_and_ema_equals_uninterrupted(mnist, tmp_path)
             assert a[name] == pytest.approx(b[name], rel=1e-5), (a["step"], name)
     ema = LlamaGenVQVAE.from_pretrained(tmp_path / "full" / "run" / "vqvae")
     assert ema.config.codebook_size == 64
+
+
+def test_var_residual_vqvae_trains_and_exports(mnist, tmp_path):
+    run = _run(mnist, tmp_path, "var", model="var-vqvae", max_train_steps=60, log_steps=20, eval_steps=60,
+               model_config={"base_channels": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "codebook_size": 64,
+                             "codebook_embed_dim": 4, "patch_nums": [1, 2, 4]})
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = _metrics(tmp_path / "run")
+    assert "loss/vq" in metrics[0] and "loss/codebook" not in metrics[0]
+    assert metrics[-1]["loss/reconstruction"] < 0.8 * metrics[0]["loss/reconstruction"]  # 0.43 -> 0.31 here
+    from st_ar_hf import VARVQVAE
+
+    vqvae = VARVQVAE.from_pretrained(tmp_path / "run" / "vqvae")
+    maps = vqvae.encode(torch.rand(1, 3, 16, 16) * 2 - 1)
+    assert [m.shape[-1] for m in maps] == [1, 2, 4]
+    card = (tmp_path / "run" / "vqvae" / "README.md").read_text()
+    assert "VAR multi-scale residual VQVAE" in card and "from st_ar_hf import VARVQVAE" in card
+    with pytest.raises(ValueError, match=r"--image_size 32 gives 8x8 latents, but VAR's patch_nums \[1, 2, 4\] end at 4"):
+        parse_arguments(TokenizerTrainingArguments, ["--config", str(tmp_path / "var.yaml"), "--image_size", "32"]
+                        ).check_model(vqvae.config)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train a LlamaGen VQ tokenizer (`LlamaGenVQVAE`) with Accelerate over `datasets` streaming shards.
+"""Train a VQ tokenizer with Accelerate over `datasets` streaming shards: LlamaGen's `LlamaGenVQVAE` (also FlexVAR's
+tokenizer, which quantises each scale's area-downsampled latent with it) or VAR's multi-scale residual `VARVQVAE`.
 
     accelerate launch training/train_tokenizer.py --config training/configs/tokenizer_default.yaml
     accelerate launch training/train_tokenizer.py --config training/configs/vq16.yaml --dataset ILSVRC/imagenet-1k \
@@ -26,7 +27,9 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig
+from transformers import AutoModel
+
+from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig, VARVQVAE, VARVQVAEConfig
 from st_ar_hf.models.llamagen import LLAMAGEN_VQ_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.metrics import psnr, ssim
@@ -60,10 +63,25 @@ def build_transform(args: TokenizerTrainingArguments):
     return transform
 
 
-def build_model(args: TokenizerTrainingArguments) -> LlamaGenVQVAE:
+def build_model(args: TokenizerTrainingArguments):
     if args.model in LLAMAGEN_VQ_PRESETS:
         return LlamaGenVQVAE(LlamaGenVQVAEConfig(**{"ch_mult": LLAMAGEN_VQ_PRESETS[args.model], **(args.model_config or {})}))
-    return LlamaGenVQVAE.from_pretrained(args.model, **(args.model_config or {}))
+    if args.model == "var-vqvae":
+        return VARVQVAE(VARVQVAEConfig(**(args.model_config or {})))
+    return AutoModel.from_pretrained(args.model, **(args.model_config or {}))
+
+
+def quantizer_terms(out) -> dict[str, torch.Tensor]:
+    """LlamaGen's codebook, commitment and entropy terms, or VAR's VQ loss (both terms, averaged over the scales)."""
+    if hasattr(out, "vq_loss"):
+        return {"vq": out.vq_loss}
+    return {"codebook": out.codebook_loss, "commitment": out.commitment_loss, "entropy": out.entropy_loss}
+
+
+def used_codes(out) -> torch.LongTensor:
+    """Every code id of the batch, flat (VAR's are a list, one map per scale)."""
+    indices = out.indices if isinstance(out.indices, list) else [out.indices]
+    return torch.cat([i.flatten() for i in indices])
 
 
 def load_eval_pixels(args: TokenizerTrainingArguments) -> torch.Tensor | None:
@@ -84,7 +102,7 @@ def evaluate(vqvae, pixel_values: torch.Tensor, batch_size: int) -> dict[str, fl
         out = vqvae(batch)
         reference, reconstruction = batch.add(1).div(2), out.reconstruction.clamp(-1, 1).add(1).div(2)
         scores.append(torch.stack([psnr(reconstruction, reference), ssim(reconstruction, reference)]))
-        used[out.indices.unique().cpu()] = True
+        used[used_codes(out).unique().cpu()] = True
     psnr_mean, ssim_mean = torch.cat(scores, dim=1).mean(1).tolist()
     return {"eval/psnr": psnr_mean, "eval/ssim": ssim_mean, "eval/codebook_usage": used.float().mean().item()}
 
@@ -156,7 +174,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 reconstruction = out.reconstruction.float()
                 distance = F.mse_loss if args.reconstruction_loss == "l2" else F.l1_loss
                 terms = {"reconstruction": args.reconstruction_weight * distance(reconstruction, pixel_values),
-                         "codebook": out.codebook_loss, "commitment": out.commitment_loss, "entropy": out.entropy_loss}
+                         **quantizer_terms(out)}
                 if perceptual is not None:
                     terms["perceptual"] = args.perceptual_weight * perceptual(reconstruction, pixel_values).mean()
                 if adversarial:
@@ -172,7 +190,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 accelerator.backward(terms["discriminator"])
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
-            code_counts += torch.bincount(out.indices.flatten().cpu(), minlength=codebook_size)
+            code_counts += torch.bincount(used_codes(out).cpu(), minlength=codebook_size)
             images_seen += pixel_values.shape[0]
         grad_norm = accelerator.clip_grad_norm_(vqvae.parameters(), args.max_grad_norm)
         optimizer.step()

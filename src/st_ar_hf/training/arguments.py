@@ -404,8 +404,10 @@ class TokenizerTrainingArguments(RunArguments):
 
     RESUME_FIXED = RunArguments.DATA_SOURCES + ("model", "model_config", "image_size")
 
-    model: str = field(default="VQ-16", metadata={"help": "a preset (VQ-16, VQ-8) or a pretrained LlamaGenVQVAE folder"})
-    model_config: dict | None = field(default=None, metadata={"help": "LlamaGenVQVAEConfig overrides, as JSON"})
+    model: str = field(default="VQ-16", metadata={
+        "help": "a LlamaGen preset (VQ-16, VQ-8; FlexVAR's tokenizer is one), var-vqvae (VAR's residual multi-scale "
+                "VQVAE) or a pretrained tokenizer folder"})
+    model_config: dict | None = field(default=None, metadata={"help": "LlamaGenVQVAEConfig / VARVQVAEConfig overrides, as JSON"})
     reconstruction_loss: str = field(default="l2", metadata={"help": "l2 or l1"})
     reconstruction_weight: float = 1.0
     min_crop_fraction: float = field(default=0.8, metadata={"help": "random crops cover this to 1.0 of the short side"})
@@ -455,6 +457,9 @@ class TokenizerTrainingArguments(RunArguments):
         if self.image_size % factor:
             raise ValueError(f"--image_size {self.image_size} is not divisible by the downsampling factor {factor} of "
                              f"ch_mult {list(config.ch_mult)}")
+        if config.model_type == "var_vqvae" and self.image_size // factor != config.patch_nums[-1]:
+            raise ValueError(f"--image_size {self.image_size} gives {self.image_size // factor}x{self.image_size // factor} "
+                             f"latents, but VAR's patch_nums {config.patch_nums} end at {config.patch_nums[-1]}")
 
 
 @dataclass
