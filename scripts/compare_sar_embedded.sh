@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 launch() { accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no "$@"; }
 out=runs/sar_embedded/compare
 mkdir -p $out
-[ -f runs/sar_embedded/pretrain/pipeline/model_index.json ] || launch training/train_scalewise.py --config training/configs/flexvar_embedded.yaml
+[ -f runs/sar_embedded/pretrain/pipeline/model_index.json ] || launch --num_cpu_threads_per_process 2 \
+    training/train_scalewise.py --config training/configs/flexvar_embedded.yaml   # alone on the machine: 2 threads
 for seed in 0 1 2; do
   for mode in tf sar; do
     config=training/configs/$([ $mode = sar ] && echo sar_embedded || echo sar_embedded_tf).yaml
@@ -22,7 +23,7 @@ for seed in 0 1 2; do
 done
 samples=()
 for model in pretrain tf-0 sar-0 tf-1 sar-1 tf-2 sar-2; do
-  [ -f $out/$model.npz ] || launch training/sample_ddp.py --model runs/sar_embedded/$model/pipeline --num_samples 500 \
+  [ -f $out/$model.npz ] || launch --num_cpu_threads_per_process 2 training/sample_ddp.py --model runs/sar_embedded/$model/pipeline --num_samples 500 \
       --per_class --guidance_scale 1.5 --batch_size 100 --out $out/$model.npz
   samples+=($out/$model.npz)
 done
@@ -39,4 +40,7 @@ for mode, name in (("tf", "+200 steps teacher forcing"), ("sar", "+200 steps SAR
     fid = np.array([rows[f"{mode}-{s}"]["fid"] for s in range(3)])
     acc = np.array([rows[f"{mode}-{s}"]["class_accuracy"] for s in range(3)])
     print(f"| {name} (seeds 0-2) | {fid.mean():.2f} ± {fid.std(ddof=1):.2f} | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} |")
+for s in range(3):  # same seed: same checkpoint, data order and scale schedules
+    tf, sar = rows[f"tf-{s}"], rows[f"sar-{s}"]
+    print(f"seed {s}: SAR - TF: FID {sar['fid'] - tf['fid']:+.2f}, accuracy {sar['class_accuracy'] - tf['class_accuracy']:+.3f}")
 PY

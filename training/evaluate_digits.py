@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Generation metrics for models trained on the embedded MNIST-5k digits: FID (and the ADM evaluator's other metrics)
-of `sample_ddp.py` samples against the test split, on the offline EfficientNet-Lite0 features (not Inception: the
+"""Generation metrics for models trained on the embedded MNIST-5k digits: FID of `sample_ddp.py` samples against
+the test split (the ADM evaluator's arithmetic), on the offline EfficientNet-Lite0 features (not Inception: the
 numbers compare runs here, not papers), and the class accuracy of the samples by a digit classifier trained on the
 train split.
 
@@ -19,16 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from st_ar_hf.evaluation import evaluate_generation, feature_network, load_image_batch
+from st_ar_hf.evaluation import compute_features, feature_network, load_image_batch
+from st_ar_hf.metrics import frechet_distance, gaussian_statistics
 from st_ar_hf.training.data import center_crops, load_stream
 
 
 def load_split(dataset_dir: Path, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [N, S, S, 3] centre crops and int labels [N] of the embedded digits' train or test shards."""
-    shards = sorted(dataset_dir.glob(f"{split}-*.parquet"))
-    if not shards:
-        raise ValueError(f"--embedded_dataset_dir {dataset_dir} holds no {split}-*.parquet shards")
-    crops = list(center_crops(load_stream(data_files=[str(s) for s in shards]).decode(False), "image", image_size, "label"))
+    if not any(dataset_dir.glob(f"{split}-*.parquet")):
+        raise SystemExit(f"error: --embedded_dataset_dir {dataset_dir} holds no {split}-*.parquet shards")
+    stream = load_stream(data_files=str(dataset_dir / f"{split}-*.parquet")).decode(False)
+    crops = list(center_crops(stream, "image", image_size, "label"))
     return np.stack([np.asarray(image.convert("RGB")) for image, _ in crops]), np.array([label for _, label in crops])
 
 
@@ -73,12 +74,13 @@ def main() -> None:
     test_images, test_labels = load_split(args.embedded_dataset_dir, "test", size)
     classifier = fit_digit_classifier(train_images, train_labels)
     network = feature_network("efficientnet-lite0")
-    results = {"classifier_test_accuracy": class_accuracy(classifier, test_images, test_labels), "samples": {}}
-    for path, images in batches.items():
-        metrics = evaluate_generation(images, test_images, network)
-        results["samples"][path] = {"fid": metrics["fid"], "class_accuracy": class_accuracy(classifier, images, labels[path]),
-                                    "precision": metrics["precision"], "recall": metrics["recall"]}
-        print(path, json.dumps(results["samples"][path]))
+    with torch.no_grad():
+        reference = gaussian_statistics(compute_features(network, test_images)["pool"])  # once for every sample set
+        results = {"classifier_test_accuracy": class_accuracy(classifier, test_images, test_labels), "samples": {}}
+        for path, images in batches.items():
+            fid = frechet_distance(*gaussian_statistics(compute_features(network, images)["pool"]), *reference)
+            results["samples"][path] = {"fid": fid, "class_accuracy": class_accuracy(classifier, images, labels[path])}
+            print(path, json.dumps(results["samples"][path]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"classifier accuracy on the {len(test_labels)} test digits: {results['classifier_test_accuracy']:.4f}")

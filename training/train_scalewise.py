@@ -40,7 +40,6 @@ from st_ar_hf.training.tracking import finish_run, log_image, log_metrics
 
 logger = get_logger(__name__)
 MODEL_CLASSES = {"var": (VARConfig, VARForImageGeneration), "flexvar": (FlexVARConfig, FlexVARForImageGeneration)}
-# VAR's parameters without weight decay: biases, 1-d tensors, positions, the start token, the attention scale
 NO_DECAY = ("position_embeddings", "position_grid", "scale_embeddings", "start_embedding", "query_log_scale")
 
 
@@ -73,6 +72,17 @@ def build_model(args: ScaleWiseTrainingArguments, vqvae, num_classes: int):
     if model.config.model_type not in MODEL_CLASSES:
         raise ValueError(f"--model {args.model}: a {model.config.model_type} model, not a scale-wise (var, flexvar) one")
     return model
+
+
+def weight_decay_groups(model) -> tuple[list, list]:
+    """VAR's split: (decayed, not decayed), no decay for biases, 1-d tensors, positions, the start token, the
+    attention scale."""
+    decayed, not_decayed = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            skip = parameter.ndim < 2 or name.endswith("bias") or any(key in name for key in NO_DECAY)
+            (not_decayed if skip else decayed).append(parameter)
+    return decayed, not_decayed
 
 
 def build_transform(args: ScaleWiseTrainingArguments, num_classes: int):
@@ -133,10 +143,7 @@ def main(args: ScaleWiseTrainingArguments, end_training: bool = True) -> None:
     objective = ScaleWiseObjective(config, args.sigma, args.rollout_scales, args.rollout_targets, args.label_smoothing,
                                    args.rollout_sampling_settings)
 
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    no_decay = [p for name, p in named if p.ndim < 2 or name.endswith("bias") or any(k in name for k in NO_DECAY)]
-    decayed = [p for name, p in named if not any(p is q for q in no_decay)]
-    optimizer, lr_scheduler, learning_rate = make_optimizer(args, accelerator, decayed, no_decay)
+    optimizer, lr_scheduler, learning_rate = make_optimizer(args, accelerator, *weight_decay_groups(model))
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     state = TrainingState(vars(args))
     checkpoint = resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream, args.RESUME_FIXED)
@@ -150,8 +157,8 @@ def main(args: ScaleWiseTrainingArguments, end_training: bool = True) -> None:
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running scale-wise training *****")
     logger.info(f"  objective: {f'SAR, sigma {args.sigma}, rollout {args.rollout_scales}' if args.sigma else 'teacher forcing'}")
-    logger.info(f"  model: {config.model_type}, {model.num_parameters() if hasattr(model, 'num_parameters') else ''} "
-                f"parameters, schedule {config.patch_nums} ({'random per step' if args.random_scales else 'fixed'})")
+    logger.info(f"  model: {config.model_type}, {accelerator.unwrap_model(model).num_parameters():,} parameters, "
+                f"schedule {config.patch_nums} ({'random per step' if args.random_scales else 'fixed'})")
     logger.info(f"  batch: {args.train_batch_size} images per process, global {global_batch}")
     logger.info(f"  steps: {args.max_train_steps} (from {state.global_step}), peak lr {learning_rate:g}")
 
