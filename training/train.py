@@ -25,17 +25,17 @@ from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE
 from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments, run_script
-from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run, save_checkpoint
+from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run
 from st_ar_hf.training.data import (
     ExampleStream, check_columns, class_names, crop_views, decode_image, load_image_dataset, load_stream,
     read_codes_info, to_pixel_values,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.loop import (
-    LogWindow, class_labels, export_pipeline, is_due, label_tensor, make_accelerator, make_optimizer, nonfinite_terms,
-    sample_grid, skip_step,
+    LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
+    make_optimizer, nonfinite_terms, skip_step,
 )
-from st_ar_hf.training.tracking import finish_run, log_image, log_metrics
+from st_ar_hf.training.tracking import finish_run, log_metrics
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 logger = get_logger(__name__)
@@ -208,25 +208,17 @@ def main(args: ARTrainingArguments) -> None:
         if is_due(step, args.log_steps, args.max_train_steps):
             logs = window.logs(accelerator)
             used = torch.bincount(tokens.flatten(), minlength=vqvae.config.codebook_size).float()
-            data_counts = accelerator.reduce(torch.tensor(
-                [stream.counts["skipped"], stream.counts["upscaled"]], device=accelerator.device), "sum").tolist()
             logs.update({
                 "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
                 "throughput/tokens_per_s": logs["throughput/images_per_s"] * args.num_views * tokens.shape[-1],
                 "tokens/batch_code_usage": (used > 0).float().mean().item(),
                 "tokens/batch_perplexity": torch.exp(torch.special.entr(used / used.sum()).sum()).item(),
-                "data/skipped_images": data_counts[0], "data/upscaled_images": data_counts[1],
+                **data_counts(accelerator, stream),
             })
             log_metrics(accelerator, logs, step, output_dir / "metrics.jsonl")
             bar.set_postfix(loss=f"{logs['loss/loss']:.4f}")
             window.reset()
-        if is_due(step, args.checkpointing_steps, args.max_train_steps):
-            save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, stream)
-        if accelerator.is_main_process and is_due(step, args.validation_steps, args.max_train_steps):
-            grid = sample_grid(args, accelerator.unwrap_model(student), vqvae, id2label)
-            log_image(accelerator, "samples", grid, step, output_dir / "samples")
-        if args.export_steps and step % args.export_steps == 0 and step < args.max_train_steps:
-            export_pipeline(args, accelerator, student, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader, step)
+        after_step(args, accelerator, state, stream, student, vqvae, id2label, uploader, output_dir)
 
     # Export the student (not the teacher, projector or optimiser) as a STARPipeline
     export_pipeline(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)

@@ -27,16 +27,16 @@ from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.training.arguments import (
     ScaleWiseTrainingArguments, TokenizerTrainingArguments, parse_arguments, run_script,
 )
-from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run, save_checkpoint
+from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run
 from st_ar_hf.training.data import (
     ExampleStream, check_columns, class_names, decode_image, load_image_dataset, to_pixel_values,
 )
 from st_ar_hf.training.loop import (
-    LogWindow, class_labels, export_pipeline, is_due, label_tensor, make_accelerator, make_optimizer, nonfinite_terms,
-    sample_grid, skip_step,
+    LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
+    make_optimizer, nonfinite_terms, skip_step,
 )
 from st_ar_hf.training.sar import ScaleWiseObjective, encode_scales, flexvar_schedule
-from st_ar_hf.training.tracking import finish_run, log_image, log_metrics
+from st_ar_hf.training.tracking import finish_run, log_metrics
 
 logger = get_logger(__name__)
 MODEL_CLASSES = {"var": (VARConfig, VARForImageGeneration), "flexvar": (FlexVARConfig, FlexVARForImageGeneration)}
@@ -196,17 +196,11 @@ def main(args: ScaleWiseTrainingArguments, end_training: bool = True) -> None:
         step = state.global_step
         if is_due(step, args.log_steps, args.max_train_steps):
             logs = {**window.logs(accelerator), "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
-                    "data/skipped_images": stream.counts["skipped"], "data/upscaled_images": stream.counts["upscaled"]}
+                    **data_counts(accelerator, stream)}
             log_metrics(accelerator, logs, step, output_dir / "metrics.jsonl")
             bar.set_postfix(loss=f"{logs['loss/loss']:.4f}")
             window.reset()
-        if is_due(step, args.checkpointing_steps, args.max_train_steps):
-            save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, stream)
-        if accelerator.is_main_process and is_due(step, args.validation_steps, args.max_train_steps):
-            grid = sample_grid(args, accelerator.unwrap_model(model), vqvae, id2label)
-            log_image(accelerator, "samples", grid, step, output_dir / "samples")
-        if args.export_steps and step % args.export_steps == 0 and step < args.max_train_steps:
-            export_pipeline(args, accelerator, model, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader, step)
+        after_step(args, accelerator, state, stream, model, vqvae, id2label, uploader, output_dir)
 
     export_pipeline(args, accelerator, model, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)
     if uploader is not None:

@@ -13,7 +13,8 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 
-from .tracking import make_grid
+from .checkpointing import save_checkpoint
+from .tracking import log_image, make_grid
 
 logger = get_logger(__name__)
 
@@ -110,6 +111,25 @@ class LogWindow:
         return logs
 
 
+def data_counts(accelerator, stream) -> dict[str, float]:
+    """The stream's skipped (undecodable) and upscaled images so far, summed over the processes (a collective)."""
+    counts = accelerator.reduce(torch.tensor([stream.counts["skipped"], stream.counts["upscaled"]], device=accelerator.device),
+                                "sum").tolist()
+    return {"data/skipped_images": counts[0], "data/upscaled_images": counts[1]}
+
+
+def after_step(args, accelerator, state, stream, model, vqvae, id2label: dict, uploader, output_dir: Path) -> None:
+    """What follows an optimiser step when it is due: a checkpoint, a sample grid, an intermediate export."""
+    step = state.global_step
+    if is_due(step, args.checkpointing_steps, args.max_train_steps):
+        save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, stream)
+    if accelerator.is_main_process and is_due(step, args.validation_steps, args.max_train_steps):
+        grid = sample_grid(args, accelerator.unwrap_model(model), vqvae, id2label)
+        log_image(accelerator, "samples", grid, step, output_dir / "samples")
+    if args.export_steps and step % args.export_steps == 0 and step < args.max_train_steps:
+        export_pipeline(args, accelerator, model, vqvae, id2label, output_dir / f"pipeline-{step}", stream, uploader, step)
+
+
 def class_labels(names: list[str] | None, num_classes: int | None) -> dict[int, str]:
     """id2label of a run: the dataset's ClassLabel names, within `--num_classes` when given."""
     num_classes = num_classes or (len(names) if names else None)
@@ -183,5 +203,5 @@ def export_pipeline(args, accelerator, model, vqvae, id2label: dict, directory: 
     accelerator.wait_for_everyone()
 
 
-__all__ = ["LogWindow", "class_labels", "export_pipeline", "is_due", "label_tensor", "make_accelerator", "make_optimizer",
+__all__ = ["LogWindow", "after_step", "class_labels", "data_counts", "export_pipeline", "is_due", "label_tensor", "make_accelerator", "make_optimizer",
            "nonfinite_terms", "sample_grid", "skip_step", "training_summary", "var_lin0_factor"]

@@ -138,9 +138,11 @@ class ScaleWiseObjective:
         self.sigma, self.rollout_scales, self.rollout_targets = sigma, rollout_scales, rollout_targets
         self.label_smoothing, self.sampling = label_smoothing, sampling
 
-    def cross_entropy(self, logits: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
-        """Mean over all tokens: logits [B, T, V], targets [B, T]."""
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), label_smoothing=self.label_smoothing)
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.LongTensor, reduction: str = "mean") -> torch.Tensor:
+        """logits [B, T, V], targets [B, T] -> the mean over all tokens, or with reduction "none" the loss of each
+        token [B T]."""
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), label_smoothing=self.label_smoothing,
+                               reduction=reduction)
 
     def __call__(self, model, vqvae, maps: list[torch.LongTensor], class_labels: torch.LongTensor) -> dict[str, torch.Tensor]:
         """maps: ground-truth code maps [B, s_k, s_k] of this step's schedule; class_labels [B]."""
@@ -156,10 +158,9 @@ class ScaleWiseObjective:
         else:
             logits = model(class_labels, inputs, scales=scales).logits  # [B, L, V]
         teacher_logits, last = logits[:batch], scales[-1] ** 2
-        terms = {"tf": self.cross_entropy(teacher_logits, targets)}
-        with torch.no_grad():
-            terms["tf_last"] = self.cross_entropy(teacher_logits[:, -last:], targets[:, -last:])
-            terms["tf_rest"] = self.cross_entropy(teacher_logits[:, :-last], targets[:, :-last])
+        token_losses = self.cross_entropy(teacher_logits, targets, reduction="none").view(batch, -1)  # [B, L]
+        terms = {"tf": token_losses.mean(), "tf_last": token_losses[:, -last:].detach().mean(),
+                 "tf_rest": token_losses[:, :-last].detach().mean()}  # one pass over the logits serves all three
         if self.sigma == 0:
             terms["loss"] = terms["tf"]
             return terms
