@@ -1,10 +1,14 @@
-"""st-ar-hf: autoregressive image generation (LlamaGen token by token; VAR and FlexVAR scale by scale) and ST-AR's
-self-guided training, on the Hugging Face stack."""
+"""st-ar-hf: autoregressive image generation (LlamaGen and Prologue token by token; VAR and FlexVAR scale by scale)
+and ST-AR's self-guided training, on the Hugging Face stack."""
 
 from transformers import AutoConfig, AutoModel
 
 from .models.llamagen import (
     LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, LlamaGenVQVAEConfig,
+)
+from .models.prologue import (
+    PROLOGUE_PRESETS, PROLOGUE_TOKENIZER_PRESETS, PrologueConfig, PrologueForImageGeneration, PrologueTokenizer,
+    PrologueTokenizerConfig,
 )
 from .models.var import (
     FLEXVAR_PRESETS, VAR_PRESETS, FlexVARConfig, FlexVARForImageGeneration, VARConfig, VARForImageGeneration, VARVQVAE,
@@ -20,6 +24,8 @@ for _config, _model in (
     (VARConfig, VARForImageGeneration),
     (FlexVARConfig, FlexVARForImageGeneration),
     (VARVQVAEConfig, VARVQVAE),
+    (PrologueConfig, PrologueForImageGeneration),
+    (PrologueTokenizerConfig, PrologueTokenizer),
 ):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
@@ -31,6 +37,8 @@ __all__ = [
     "FLEXVAR_PRESETS",
     "LLAMAGEN_PRESETS",
     "LLAMAGEN_VQ_PRESETS",
+    "PROLOGUE_PRESETS",
+    "PROLOGUE_TOKENIZER_PRESETS",
     "VAR_PRESETS",
     "FlexVARConfig",
     "FlexVARForImageGeneration",
@@ -38,6 +46,10 @@ __all__ = [
     "LlamaGenForImageGeneration",
     "LlamaGenVQVAE",
     "LlamaGenVQVAEConfig",
+    "PrologueConfig",
+    "PrologueForImageGeneration",
+    "PrologueTokenizer",
+    "PrologueTokenizerConfig",
     "STARPipeline",
     "STARPipelineOutput",
     "VARConfig",

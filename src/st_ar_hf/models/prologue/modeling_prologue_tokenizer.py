@@ -1,0 +1,380 @@
+"""Prologue's ViT tokenizer (arXiv 2605.06137) as a transformers model, and the transformer block the AR prior shares.
+
+Architecture facts from Zyriix/prologue `models.py` and `configs/tokenizer/*.yaml`; the code is written anew. The
+original conditions every norm and residual gate on a class embedding; its released models always pass the null
+class there (`ae_no_label=True`, and the AR's class enters as BOS), so these conditionings are constants, which the
+converter folds into the norm weights and the per-channel gates here.
+
+Token layout of the encoder: `[grid^2 patches (row-major)] [num_prologue_tokens learnable queries]`; its outputs at the
+patches are the visual latents, at the queries the prologue latents. The decoder reads the visual codes only.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_prologue import PrologueTokenizerConfig
+
+
+@dataclass
+class PrologueTokenizerEncoderOutput(ModelOutput):
+    """
+    indices: visual code ids [B, h, w], row-major.
+    prologue_indices: prologue code ids [B, num_prologue_tokens] (None for a 2D tokenizer).
+    quantized: visual code vectors [B, h * w, codebook_embed_dim], straight-through (gradients reach the encoder).
+    prologue_one_hot: [B, num_prologue_tokens, prologue_codebook_size], one-hot in value, with the gradient of
+        `softmax(cos / prologue_temperature)`: the path by which an AR prior's cross-entropy trains the encoder.
+    latents: l2-normalised visual latents [B, h * w, codebook_embed_dim].
+    hidden_states: the encoder's output [B, h * w + num_prologue_tokens, hidden_size].
+    """
+
+    indices: torch.LongTensor | None = None
+    prologue_indices: torch.LongTensor | None = None
+    quantized: torch.FloatTensor | None = None
+    prologue_one_hot: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+    hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class PrologueTokenizerOutput(ModelOutput):
+    """
+    reconstruction: decoded pixels [B, 3, H, W], nominally in [-1, 1] (not clamped).
+    codebook_loss: mean ||q - sg(z)||^2 of the visual codes; commitment_loss: commit_loss_beta * mean ||sg(q) - z||^2.
+    indices / prologue_indices / prologue_one_hot: as in `PrologueTokenizerEncoderOutput`.
+    """
+
+    reconstruction: torch.FloatTensor | None = None
+    codebook_loss: torch.FloatTensor | None = None
+    commitment_loss: torch.FloatTensor | None = None
+    indices: torch.LongTensor | None = None
+    prologue_indices: torch.LongTensor | None = None
+    prologue_one_hot: torch.FloatTensor | None = None
+
+
+class PrologueRMSNorm(nn.Module):
+    """`F.normalize(x) * sqrt(d) * weight` in fp32: RMSNorm with the epsilon on the l2 norm, as the original's."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = dim**0.5
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return (F.normalize(x.float(), dim=-1) * self.scale * self.weight.float()).type_as(x)
+
+
+def rope_angles(position_ids: torch.Tensor, axes_dim: list[int], theta: float) -> torch.Tensor:
+    """position_ids [T, A] on A axes -> rotation angles [T, sum(axes_dim) / 2]: axis a turns the next axes_dim[a] / 2
+    head-dim pairs at frequencies theta^(-2i / axes_dim[a])."""
+    parts = []
+    for axis, dim in enumerate(axes_dim):
+        inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        parts.append(position_ids[:, axis, None].float() * inv_freq)
+    return torch.cat(parts, dim=-1)
+
+
+def grid_position_ids(grid: int) -> torch.Tensor:
+    """(row, column, 0) of the grid^2 cells, row-major: [grid^2, 3]."""
+    index = torch.arange(grid * grid)
+    return torch.stack([index // grid, index % grid, torch.zeros_like(index)], dim=1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D]; pairs (2i, 2i+1) rotate by the angle of row t, column i of cos/sin [T, D/2]; in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, H, T, D/2, 2]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(x)
+
+
+class PrologueRotaryEmbedding(nn.Module):
+    """cos/sin tables [T, head_dim / 2] of a model's fixed token layout (non-persistent buffers, rebuilt at init);
+    subclasses give `angles(config)`."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        cos, sin = self.compute_tables(config)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @classmethod
+    def compute_tables(cls, config) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = cls.angles(config)
+        return angles.cos(), angles.sin()
+
+    def forward(self, position_ids: torch.LongTensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if position_ids is None:
+            return self.cos, self.sin
+        return self.cos[position_ids], self.sin[position_ids]
+
+
+class PrologueEncoderRotary(PrologueRotaryEmbedding):
+    @staticmethod
+    def angles(config: PrologueTokenizerConfig) -> torch.Tensor:
+        """Patches on (row, column) with base rope_theta_patches, then the queries on the sequence axis with base
+        rope_theta_prologue."""
+        queries = torch.arange(config.num_prologue_tokens)
+        query_ids = torch.stack([torch.zeros_like(queries), torch.zeros_like(queries), queries], dim=1)
+        return torch.cat([rope_angles(grid_position_ids(config.grid_size), config.rope_axes_dim, config.rope_theta_patches),
+                          rope_angles(query_ids, config.rope_axes_dim, config.rope_theta_prologue)])
+
+
+class PrologueDecoderRotary(PrologueRotaryEmbedding):
+    @staticmethod
+    def angles(config: PrologueTokenizerConfig) -> torch.Tensor:
+        return rope_angles(grid_position_ids(config.grid_size), config.rope_axes_dim, config.rope_theta_patches)
+
+
+class PrologueAttention(nn.Module):
+    """Multi-head attention with QK-norm (per head) and RoPE; `past_key_values` (a transformers `Cache`) extends a
+    causal sequence."""
+
+    def __init__(self, hidden_size: int, num_heads: int, out_bias: bool, dropout: float = 0.0, layer_idx: int = 0):
+        super().__init__()
+        self.num_heads, self.head_dim, self.layer_idx = num_heads, hidden_size // num_heads, layer_idx
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.q_norm = PrologueRMSNorm(self.head_dim)
+        self.k_norm = PrologueRMSNorm(self.head_dim)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=out_bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None):
+        batch, length, _ = x.shape
+        q, k, v = (proj(x).view(batch, length, self.num_heads, -1).transpose(1, 2)  # [B, H, T, D]
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rope(self.q_norm(q), *rotary), apply_rope(self.k_norm(k), *rotary)
+        mask = None
+        if past_key_values is not None:  # query i sees the cached keys up to its own position
+            k, v = past_key_values.update(k, v, self.layer_idx)  # [B, H, S, D]
+            mask = torch.arange(k.shape[2], device=x.device)[None, :] <= cache_position[:, None]  # [T, S]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+        return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)))
+
+
+class PrologueMLP(nn.Module):
+    """GEGLU: down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dropout: float = 0.0):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x)))
+
+
+class PrologueBlock(nn.Module):
+    """Pre-norm block with a learned per-channel gate on each residual branch: x + g_attn * attn(norm(x)), then
+    x + g_mlp * mlp(norm(x)). `bias` sets the biases of the MLP and the attention output (the tokenizer's have them,
+    the AR's not)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, bias: bool, dropout: float = 0.0,
+                 layer_idx: int = 0):
+        super().__init__()
+        self.attn_norm = PrologueRMSNorm(hidden_size)
+        self.attn = PrologueAttention(hidden_size, num_heads, bias, dropout, layer_idx)
+        self.attn_gate = nn.Parameter(torch.ones(hidden_size))
+        self.mlp_norm = PrologueRMSNorm(hidden_size)
+        self.mlp = PrologueMLP(hidden_size, intermediate_size, bias, dropout)
+        self.mlp_gate = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None):
+        x = x + self.attn_gate * self.attn(self.attn_norm(x), rotary, is_causal, past_key_values, cache_position)
+        return x + self.mlp_gate * self.mlp(self.mlp_norm(x))
+
+
+class PrologueQuantizer(nn.Module):
+    """Projection to `embed_dim`, then the cosine-nearest code of an l2-normalised codebook."""
+
+    def __init__(self, hidden_size: int, codebook_size: int, embed_dim: int):
+        super().__init__()
+        self.proj_in = nn.Linear(hidden_size, embed_dim)
+        self.embedding = nn.Embedding(codebook_size, embed_dim)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return F.normalize(self.embedding.weight.float(), dim=-1)  # [K, E]
+
+    def forward(self, hidden_states) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
+        """hidden [B, L, hidden] -> latents [B, L, E] (l2-normalised), cosine similarities [B, L, K], indices [B, L]."""
+        latents = F.normalize(self.proj_in(hidden_states.float()), dim=-1)
+        similarity = latents @ self.codebook.T
+        return latents, similarity, similarity.argmax(-1)
+
+    def codes(self, indices: torch.LongTensor) -> torch.Tensor:
+        return F.normalize(self.embedding(indices).float(), dim=-1)
+
+
+class PrologueEncoder(nn.Module):
+    def __init__(self, config: PrologueTokenizerConfig):
+        super().__init__()
+        width = config.hidden_size
+        self.patch_embed = nn.Linear(config.patch_dim, width)
+        # [num_prologue_tokens, hidden]; a 2D tokenizer has none
+        self.prologue_queries = nn.Parameter(torch.zeros(config.num_prologue_tokens, width)) if config.num_prologue_tokens else None
+        self.layers = nn.ModuleList(
+            PrologueBlock(width, config.num_encoder_heads, round(width * config.mlp_ratio), bias=True)
+            for _ in range(config.num_encoder_layers)
+        )
+        self.rotary_emb = PrologueEncoderRotary(config)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches [B, N, patch_dim] -> hidden [B, N + num_prologue_tokens, hidden] (bidirectional)."""
+        x = self.patch_embed(patches)
+        if self.prologue_queries is not None:
+            x = torch.cat([x, self.prologue_queries.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        rotary = self.rotary_emb()
+        for layer in self.layers:
+            x = layer(x, rotary)
+        return x
+
+
+class PrologueDecoder(nn.Module):
+    def __init__(self, config: PrologueTokenizerConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.code_embed = nn.Linear(config.codebook_embed_dim, width)
+        self.layers = nn.ModuleList(
+            PrologueBlock(width, config.num_decoder_heads, round(width * config.mlp_ratio), bias=True)
+            for _ in range(config.num_decoder_layers)
+        )
+        self.norm = PrologueRMSNorm(width)
+        self.to_patches = nn.Linear(width, config.patch_dim)
+        self.rotary_emb = PrologueDecoderRotary(config)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """visual code vectors [B, N, E] -> patches [B, N, patch_dim]."""
+        x = self.code_embed(codes)
+        rotary = self.rotary_emb()
+        for layer in self.layers:
+            x = layer(x, rotary)
+        return self.to_patches(self.norm(x).float())
+
+
+class PrologueTokenizer(PreTrainedModel):
+    r"""Prologue's tokenizer: `encode` gives visual and prologue codes, `decode` turns visual codes into pixels.
+
+    Example:
+    ```python
+    >>> tokenizer = PrologueTokenizer(PrologueTokenizerConfig())
+    >>> out = tokenizer.encode(torch.rand(2, 3, 256, 256) * 2 - 1)
+    >>> out.indices.shape, out.prologue_indices.shape  # [2, 16, 16], [2, 16]
+    >>> tokenizer.decode(out.indices).shape  # [2, 3, 256, 256]
+    ```
+    """
+
+    config_class = PrologueTokenizerConfig
+    base_model_prefix = "prologue_tokenizer"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["PrologueBlock"]
+
+    def __init__(self, config: PrologueTokenizerConfig):
+        super().__init__(config)
+        self.encoder = PrologueEncoder(config)
+        self.quantizer = PrologueQuantizer(config.hidden_size, config.codebook_size, config.codebook_embed_dim)
+        self.prologue_quantizer = (
+            PrologueQuantizer(config.hidden_size, config.prologue_codebook_size, config.codebook_embed_dim)
+            if config.num_prologue_tokens else None
+        )
+        self.decoder = PrologueDecoder(config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)  # N(0, initializer_range) for linears and embeddings
+        std = self.config.initializer_range
+        if isinstance(module, PrologueEncoder) and module.prologue_queries is not None:
+            init.normal_(module.prologue_queries, std=std)
+        elif isinstance(module, PrologueQuantizer):  # SimVQ's init
+            init.normal_(module.embedding.weight, std=self.config.codebook_embed_dim**-0.5)
+        elif isinstance(module, PrologueDecoder):
+            init.normal_(module.to_patches.weight, std=std * 1e-5)  # the original's zero-out output layer
+        elif isinstance(module, PrologueBlock):  # residual branches start closed, as the original's 1e-5 gates
+            init.zeros_(module.attn_gate)
+            init.zeros_(module.mlp_gate)
+        elif isinstance(module, PrologueRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, PrologueRotaryEmbedding):
+            cos, sin = module.compute_tables(module.config)
+            init.copy_(module.cos, cos)
+            init.copy_(module.sin, sin)
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, (H/p)(W/p), p*p*C], patches row-major, each flattened as (p_row, p_col, channel)."""
+        p = self.config.patch_size
+        b, c, h, w = pixel_values.shape
+        x = pixel_values.reshape(b, c, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        p, grid, c = self.config.patch_size, self.config.grid_size, self.config.in_channels
+        x = patches.reshape(patches.shape[0], grid, grid, p, p, c)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], c, grid * p, grid * p)
+
+    def _check_pixels(self, pixel_values):
+        size, channels = self.config.image_size, self.config.in_channels
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.shape[1:] != (channels, size, size):
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must be a tensor [B, {channels}, {size}, {size}] in [-1, 1], got {shape}")
+
+    @apply_forward_hook
+    def encode(self, pixel_values: torch.FloatTensor) -> PrologueTokenizerEncoderOutput:
+        """pixel_values [B, 3, H, W] in [-1, 1] -> visual and prologue codes."""
+        self._check_pixels(pixel_values)
+        grid, num_patches = self.config.grid_size, self.config.grid_size**2
+        hidden = self.encoder(self.patchify(pixel_values))
+        latents, _, indices = self.quantizer(hidden[:, :num_patches])
+        quantized = latents + (self.quantizer.codes(indices) - latents).detach()
+        prologue_indices = prologue_one_hot = None
+        if self.prologue_quantizer is not None:
+            _, similarity, prologue_indices = self.prologue_quantizer(hidden[:, num_patches:])
+            probs = (similarity / self.config.prologue_temperature).softmax(-1)
+            hard = F.one_hot(prologue_indices, self.config.prologue_codebook_size).to(probs.dtype)
+            prologue_one_hot = probs + (hard - probs).detach()
+        return PrologueTokenizerEncoderOutput(
+            indices=indices.view(-1, grid, grid), prologue_indices=prologue_indices, quantized=quantized,
+            prologue_one_hot=prologue_one_hot, latents=latents, hidden_states=hidden,
+        )
+
+    @apply_forward_hook
+    def decode(self, indices: torch.LongTensor) -> torch.FloatTensor:
+        """visual code ids [B, h, w] (or [B, h * w]) -> pixels [B, 3, H, W], nominally in [-1, 1]."""
+        grid, size = self.config.grid_size, self.config.codebook_size
+        if indices.dtype not in (torch.int64, torch.int32) or indices[0].numel() != grid * grid:
+            raise ValueError(f"indices must be integer visual codes [B, {grid}, {grid}], got {indices.dtype} "
+                             f"{tuple(indices.shape)}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= size):
+            raise ValueError(f"indices must lie in [0, codebook_size={size}), got values in "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return self.decode_codes(self.quantizer.codes(indices.reshape(indices.shape[0], -1)))
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.FloatTensor:
+        """visual code vectors [B, h * w, E] -> pixels [B, 3, H, W]."""
+        return self.unpatchify(self.decoder(codes))
+
+    def forward(self, pixel_values: torch.FloatTensor) -> PrologueTokenizerOutput:
+        """Reconstruction through the straight-through visual codes, with the visual VQ losses."""
+        encoded = self.encode(pixel_values)
+        codes = self.quantizer.codes(encoded.indices.flatten(1))
+        codebook_loss = (codes - encoded.latents.detach()).pow(2).mean()
+        commitment_loss = self.config.commit_loss_beta * (codes.detach() - encoded.latents).pow(2).mean()
+        return PrologueTokenizerOutput(
+            reconstruction=self.decode_codes(encoded.quantized), codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss, indices=encoded.indices, prologue_indices=encoded.prologue_indices,
+            prologue_one_hot=encoded.prologue_one_hot,
+        )
+
+
+__all__ = ["PrologueTokenizer"]
