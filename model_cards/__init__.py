@@ -32,6 +32,8 @@ ORIGINS = {
                                  "Model Beats Diffusion: Llama for Scalable Image Generation*, arXiv 2406.06525)",
     "FoundationVision/var": "[VAR](https://github.com/FoundationVision/VAR) (Tian et al., *Visual Autoregressive "
                             "Modeling: Scalable Image Generation via Next-Scale Prediction*, arXiv 2404.02905)",
+    "Zyriix/prologue": "[Prologue](https://github.com/Zyriix/prologue) (*Autoregressive Visual Generation Needs a "
+                       "Prologue*, arXiv 2605.06137)",
     "jiaosiyu1999/FlexVAR": "[FlexVAR](https://github.com/jiaosiyu1999/FlexVAR) (Jiao et al., *FlexVAR: Flexible "
                             "Visual Autoregressive Modeling without Residual Prediction*, arXiv 2502.20313)",
 }
@@ -49,6 +51,10 @@ _CONVERTED = {
                   "FoundationVision/var"),
     "flexvar": ("FlexVAR scale-wise class-conditional transformer", ["flexvar", "scale-wise", *_GENERATOR_TAGS],
                 GENERATION_TASK, "jiaosiyu1999/FlexVAR"),
+    "prologue-tokenizer": ("Prologue image tokenizer (visual and prologue tokens)", ["prologue", *_TOKENIZER_TAGS],
+                           RECONSTRUCTION_TASK, "Zyriix/prologue"),
+    "prologue": ("Prologue class-conditional AR prior", ["prologue", *_GENERATOR_TAGS], GENERATION_TASK,
+                 "Zyriix/prologue"),
 }
 
 

@@ -1,5 +1,5 @@
-"""STARPipeline: class-conditional image generation with any family's transformer (LlamaGen token by token, VAR and
-FlexVAR scale by scale) and its VQ tokenizer.
+"""STARPipeline: class-conditional image generation with any family's transformer (LlamaGen and Prologue token by
+token, VAR and FlexVAR scale by scale) and its VQ tokenizer.
 
 This file and the modules beside it (`sampling.py`, and one `decoding_<family>.py` per model family) are the
 pipeline's only code: `save_pretrained(..., remote_code=True)` copies them to the repo root, so nothing here may import
@@ -25,6 +25,7 @@ from huggingface_hub import snapshot_download
 from transformers import PreTrainedModel
 
 from .decoding_llamagen import LlamaGenDecoding
+from .decoding_prologue import PrologueDecoding
 from .decoding_scalewise import ScaleWiseDecoding
 from .sampling import Generators
 
@@ -36,11 +37,12 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 @dataclass(frozen=True)
 class ModelFamily:
     """How the pipeline samples a transformer: the decoding class of its family (`LlamaGenDecoding`,
-    `ScaleWiseDecoding`), the tokenizer it decodes with (a model type) and its default guidance scale."""
+    `ScaleWiseDecoding`, `PrologueDecoding`), the tokenizer it decodes with (a model type) and its default guidance
+    scale (None: the transformer's config records it)."""
 
     decoding: type
     tokenizer_type: str
-    guidance_scale: float
+    guidance_scale: float | None
 
 
 # transformer model type -> family; VAR's residual tokenizer and FlexVAR's (LlamaGen's VQ) are not interchangeable
@@ -48,6 +50,7 @@ FAMILIES = {
     "llamagen": ModelFamily(LlamaGenDecoding, "llamagen_vqvae", 2.0),
     "var": ModelFamily(ScaleWiseDecoding, "var_vqvae", 1.5),  # VAR's FID setting
     "flexvar": ModelFamily(ScaleWiseDecoding, "llamagen_vqvae", 2.5),  # FlexVAR's evaluation setting
+    "prologue": ModelFamily(PrologueDecoding, "prologue_tokenizer", None),  # the paper's setting per model, in its config
 }
 # the code a remote-code directory carries: this file and the modules it imports (diffusers copies the direct relative
 # imports of a local directory's pipeline file, so this file imports every module that the others import)
@@ -63,11 +66,15 @@ class STARPipelineOutput(BaseOutput):
     """
     images: list of PIL images, an np.ndarray [B, H, W, 3] or a torch tensor [B, 3, H, W] in [0, 1]; None for
         output_type="latent".
-    tokens: the sampled code ids: [B, h, w] for LlamaGen, one map [B, s_k, s_k] per scale for VAR and FlexVAR.
+    tokens: the sampled code ids: [B, h, w] for LlamaGen and Prologue (visual codes), one map [B, s_k, s_k] per scale
+        for VAR and FlexVAR.
+    prologue_tokens: Prologue: the prologue codes [B, P] (give them back as `prologue_tokens=` to keep them); None
+        for the other families.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
     tokens: torch.LongTensor | list[torch.LongTensor]
+    prologue_tokens: torch.LongTensor | None = None
 
 
 class STARPipeline(DiffusionPipeline):
@@ -75,9 +82,10 @@ class STARPipeline(DiffusionPipeline):
     token, or scale by scale), the `vqvae` decodes them.
 
     Args:
-        transformer: a `LlamaGenForImageGeneration`, `VARForImageGeneration` or `FlexVARForImageGeneration`.
-        vqvae: its tokenizer, whose codebook is the transformer's vocabulary: a `LlamaGenVQVAE` (LlamaGen, FlexVAR)
-            or a `VARVQVAE` (VAR).
+        transformer: a `LlamaGenForImageGeneration`, `VARForImageGeneration`, `FlexVARForImageGeneration` or
+            `PrologueForImageGeneration`.
+        vqvae: its tokenizer, whose codebook is the transformer's vocabulary: a `LlamaGenVQVAE` (LlamaGen, FlexVAR),
+            a `VARVQVAE` (VAR) or a `PrologueTokenizer` (Prologue).
         id2label: class id (int, or str as in JSON) -> name(s), comma-separated synonyms allowed; the ImageNet-1k
             names by default.
     """
@@ -127,6 +135,11 @@ class STARPipeline(DiffusionPipeline):
         return decoding.num_steps(self.transformer, **decoding.check_arguments(self.transformer, self.vqvae, -1, False,
                                                                                  scales, False))
 
+    def default_guidance_scale(self):
+        """The family's default guidance; Prologue models record the paper's setting in their config."""
+        family = self.family
+        return self.transformer.config.default_guidance_scale if family.guidance_scale is None else family.guidance_scale
+
     def check_components(self) -> None:
         """The tokenizer fits the transformer: its kind, its codebook size and (for transformers that read code
         vectors) its code width."""
@@ -134,6 +147,15 @@ class STARPipeline(DiffusionPipeline):
         if tokenizer.model_type != family.tokenizer_type:
             raise ValueError(f"vqvae: a {config.model_type} transformer decodes with a {family.tokenizer_type} tokenizer, "
                              f"got a {tokenizer.model_type}")
+        if config.model_type == "prologue":
+            layout = (tokenizer.codebook_size, tokenizer.prologue_codebook_size if tokenizer.num_prologue_tokens else None,
+                      tokenizer.num_prologue_tokens, tokenizer.grid_size**2)
+            expected = (config.visual_vocab_size, config.prologue_vocab_size if config.num_prologue_tokens else None,
+                        config.num_prologue_tokens, config.num_visual_tokens)
+            if layout != expected:
+                raise ValueError(f"vqvae: its (visual codes, prologue codes, prologue tokens, visual tokens) {layout} do "
+                                 f"not match the transformer's vocabulary layout {expected}")
+            return
         if tokenizer.codebook_size != config.vocab_size:
             raise ValueError(f"vqvae has {tokenizer.codebook_size} codes but the transformer's vocabulary is "
                              f"{config.vocab_size}")
@@ -144,7 +166,7 @@ class STARPipeline(DiffusionPipeline):
     def check_inputs(self, class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p, generator,
                      output_type, callback_on_step_end_tensor_inputs, **family_arguments) -> tuple[list[int], dict]:
         """Validates every argument before decoding starts; returns the class ids and the family's decoding options
-        (`family_arguments`: cfg_interval, compile_decoding, scales, more_smooth)."""
+        (`family_arguments`: cfg_interval, compile_decoding, scales, more_smooth, prologue_tokens)."""
         self.check_components()
         config = self.transformer.config
         if isinstance(class_labels, (torch.Tensor, np.ndarray)):
@@ -164,11 +186,20 @@ class STARPipeline(DiffusionPipeline):
                 raise ValueError(f"class_labels: {label!r} is neither a class name nor an id in [0, {config.num_classes})")
         if not _is_int(num_images_per_label) or num_images_per_label < 1:
             raise ValueError(f"num_images_per_label must be a positive int, got {num_images_per_label!r}")
-        if guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale < math.inf):
+        prologue = config.model_type == "prologue"
+        if isinstance(guidance_scale, (tuple, list)) or isinstance(temperature, (tuple, list)):
+            if not prologue:
+                raise ValueError(f"guidance_scale {guidance_scale!r} / temperature {temperature!r}: tuples are Prologue's "
+                                 f"split settings; a {config.model_type} model takes numbers")
+        elif guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale < math.inf):
             raise ValueError(f"guidance_scale must be >= 0 and finite, or None for the family's default "
-                             f"({self.family.guidance_scale}), got {guidance_scale!r}")
-        if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
-            raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}")
+                             f"({self.default_guidance_scale()}), got {guidance_scale!r}")
+        if not isinstance(temperature, (tuple, list)) and not (
+                temperature is None or isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+            raise ValueError(f"temperature must be > 0 and finite (or None: 1.0, Prologue's no-guidance temperatures "
+                             f"without guidance), got {temperature!r}")
+        if family_arguments.get("prologue_tokens") is not None and not prologue:
+            raise ValueError(f"prologue_tokens: a {config.model_type} model has no prologue tokens")
         if not (_is_int(top_k) and 0 <= top_k <= config.vocab_size):
             raise ValueError(f"top_k must be in [0, {config.vocab_size}], an int (0 = off), got {top_k!r}")
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
@@ -185,6 +216,10 @@ class STARPipeline(DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs: {sorted(unknown)} not in {self._callback_tensor_inputs}")
+        prologue_tokens = family_arguments.pop("prologue_tokens", None)
+        if prologue:
+            family_arguments |= dict(guidance_scale=guidance_scale, temperature=temperature,
+                                     prologue_tokens=prologue_tokens, batch_size=num_images)
         return ids, self.family.decoding.check_arguments(self.transformer, self.vqvae, **family_arguments)
 
     @torch.no_grad()
@@ -194,7 +229,7 @@ class STARPipeline(DiffusionPipeline):
         num_images_per_label: int = 1,
         guidance_scale: float | None = None,
         cfg_interval: int = -1,
-        temperature: float = 1.0,
+        temperature: float | tuple[float, float] | None = None,
         top_k: int = 0,
         top_p: float = 1.0,
         generator: Generators = None,
@@ -205,6 +240,7 @@ class STARPipeline(DiffusionPipeline):
         compile_decoding: bool = False,
         scales: list[int] | None = None,
         more_smooth: bool = False,
+        prologue_tokens: torch.LongTensor | None = None,
     ) -> STARPipelineOutput | tuple:
         r"""
         Args:
@@ -217,14 +253,18 @@ class STARPipeline(DiffusionPipeline):
                 - VAR / FlexVAR: the originals' `cfg`, ramped over the scales: `(1 + t) * cond - t * uncond` with
                   `t = guidance_scale * k / (K - 1)` at scale k (FlexVAR: `k / min(K - 1, 9)`, and the full
                   `guidance_scale` on sides beyond the trained ones); 0 disables guidance.
+                - Prologue: `s * cond + (1 - s) * uncond` per step, with s from a number (constant), (scale, power)
+                  (a cosine ramp from 1 over all steps) or (prologue scale, visual scale, power) (split CFG: constant
+                  on the prologue, the ramp over the visual tokens); default the paper's setting for the model.
             cfg_interval: LlamaGen: guide image tokens 0 .. cfg_interval + 1 only; -1 guides all.
             temperature, top_k, top_p: applied after guidance; top_k 0 and top_p 1.0 are off. FlexVAR takes sides
-                it was not trained on greedily (top-k 1), as the original does.
+                it was not trained on greedily (top-k 1), as the original does. Prologue takes a (prologue, visual)
+                pair too; None is 1.0, or for Prologue without guidance its config's `no_guidance_temperature`.
             generator: one generator for the whole call, or one per image: image i then depends on generator i
                 alone, whatever else is in the batch.
             output_type: "pil", "np", "pt", or "latent" (tokens only, no decoding).
             callback_on_step_end: `callback(pipe, step, step, {"tokens": ...})` after each decoding step (a token for
-                LlamaGen, with tokens [B, step + 1]; a scale for VAR / FlexVAR, with the list of maps so far); a
+                LlamaGen, with tokens [B, step + 1]; a sequence token for Prologue, in its vocabulary; a scale for VAR / FlexVAR, with the list of maps so far); a
                 returned "tokens" replaces what the step sampled (LlamaGen: the last column; scale-wise: the last map).
             compile_decoding: LlamaGen: run the per-token step under torch.compile (CUDA graphs on GPU); the first
                 call compiles, later calls reuse it, and the tokens are those of the eager path.
@@ -232,6 +272,8 @@ class STARPipeline(DiffusionPipeline):
                 trained `patch_nums`. VAR samples its trained schedule only; FlexVAR any, up to its position grid
                 (e.g. 13 steps, or a final side of 20 for 320 px images).
             more_smooth: VAR: feed Gumbel-softmax-smoothed code vectors forward (VAR's option for visualisation).
+            prologue_tokens: Prologue: prologue codes [B, P] to keep (e.g. `out.prologue_tokens` of an earlier call):
+                only the visual tokens are sampled, which keeps class, layout and palette and redraws the details.
 
         Examples:
         ```py
@@ -241,19 +283,25 @@ class STARPipeline(DiffusionPipeline):
         >>> flexvar = STARPipeline.from_pretrained("converted/flexvar-d16")
         >>> out = flexvar(["golden retriever", 980], guidance_scale=2.5, top_k=900, top_p=0.96)
         >>> [m.shape for m in out.tokens]  # [2, 1, 1], [2, 2, 2], ..., [2, 16, 16]
+        >>> prologue = STARPipeline.from_pretrained("converted/prologue-b-b")
+        >>> out = prologue([207, 980], guidance_scale=(0.7, 3.75, 0.2))  # split CFG
+        >>> again = prologue([207] * 4, prologue_tokens=out.prologue_tokens[:1].repeat(4, 1))  # same layout
         ```
         """
         # 1. Check inputs
         ids, options = self.check_inputs(
             class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p, generator, output_type,
             callback_on_step_end_tensor_inputs, cfg_interval=cfg_interval, compile_decoding=compile_decoding,
-            scales=scales, more_smooth=more_smooth,
+            scales=scales, more_smooth=more_smooth, prologue_tokens=prologue_tokens,
         )
         # 2. Define call parameters
         device = self._execution_device
         family = self.family
         if guidance_scale is None:
-            guidance_scale = family.guidance_scale
+            guidance_scale = self.default_guidance_scale()
+        if temperature is None:
+            unguided = family.guidance_scale is None and guidance_scale == 1.0
+            temperature = tuple(self.transformer.config.no_guidance_temperature) if unguided else 1.0
         # 3. Prepare conditioning (the null class for CFG is added by the decoding loop)
         class_ids = torch.tensor(ids, device=device).repeat_interleave(num_images_per_label)
 
@@ -281,7 +329,8 @@ class STARPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, tokens
-        return STARPipelineOutput(images=images, tokens=tokens)
+        return STARPipelineOutput(images=images, tokens=tokens,
+                                  prologue_tokens=latents if self.transformer.config.model_type == "prologue" else None)
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:
