@@ -53,8 +53,8 @@ _CONVERTED = {
                 GENERATION_TASK, "jiaosiyu1999/FlexVAR"),
     "prologue-tokenizer": ("Prologue image tokenizer (visual and prologue tokens)", ["prologue", *_TOKENIZER_TAGS],
                            RECONSTRUCTION_TASK, "Zyriix/prologue"),
-    "prologue": ("Prologue class-conditional AR prior", ["prologue", *_GENERATOR_TAGS], GENERATION_TASK,
-                 "Zyriix/prologue"),
+    "prologue-ar": ("Prologue class-conditional AR prior", ["prologue", *_GENERATOR_TAGS], GENERATION_TASK,
+                    "Zyriix/prologue"),
 }
 
 
@@ -167,6 +167,13 @@ def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = Non
     if config.model_type == "llamagen":
         generation = f"a {config.grid_size}x{config.grid_size} grid of VQ codes, token by token,"
         sampling = "Sampling follows LlamaGen: classifier-free guidance on raw logits, then temperature, top-k, top-p."
+    elif config.model_type == "prologue":
+        generation = (f"{config.num_prologue_tokens} prologue tokens, then a {config.grid_size}x{config.grid_size} grid "
+                      "of visual codes, token by token,")
+        sampling = ("Sampling follows Prologue: split classifier-free guidance `(prologue scale, visual scale, power)` "
+                    "(constant on the prologue, a cosine ramp over the visual tokens), then temperature (a "
+                    "(prologue, visual) pair is accepted), top-k, top-p; without guidance the paper's temperatures "
+                    f"{tuple(config.no_guidance_temperature)}. `prologue_tokens=` keeps a prologue and redraws the details.")
     else:
         scales = config.patch_nums
         generation = f"token maps scale by scale ({len(scales)} steps, from 1x1 to {scales[-1]}x{scales[-1]})"
@@ -186,7 +193,7 @@ def pipeline_model_card(pipeline, remote_code: bool, training: dict | None = Non
         num_classes=config.num_classes,
         generation=generation,
         sampling=sampling,
-        guidance_scale=pipeline.family.guidance_scale,
+        guidance_scale=pipeline.default_guidance_scale(),
         example_label=pipeline.id2label[min(pipeline.id2label)].split(",")[0],
     )
 

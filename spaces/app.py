@@ -1,5 +1,5 @@
-"""Class-conditional image generation with a `STARPipeline` of any family (LlamaGen / ST-AR, VAR, FlexVAR): the app of
-the Space.
+"""Class-conditional image generation with a `STARPipeline` of any family (LlamaGen / ST-AR, VAR, FlexVAR, Prologue):
+the app of the Space. For Prologue models it also keeps each image's prologue and redraws its details.
 
 Spaces imports this file and serves `demo` (the model from `$STAR_MODEL`, else `DEFAULT_MODEL`); run as a script,
 `python spaces/app.py --model org/st-ar-b-256` (a Hub repo id or a local pipeline directory) serves the same app.
@@ -59,9 +59,21 @@ def _check_number(name: str, value, low, high, integer: bool = False):
     return int(value) if integer else float(value)
 
 
-def generate(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_p, num_images,
-             progress=gr.Progress()):
-    """Draws `num_images` images of each selected class; image i is drawn from a generator seeded `seed + i`."""
+def _guidance(pipe: STARPipeline, guidance_scale: float):
+    """The slider's scale as the model takes it: Prologue's split CFG keeps its prologue scale and power from the
+    model's default and takes the slider as the visual scale."""
+    default = pipe.default_guidance_scale()
+    if isinstance(default, list) and len(default) == 3:
+        return (default[0], guidance_scale, default[2])
+    if isinstance(default, list):  # a cosine ramp (scale, power)
+        return (guidance_scale, default[1])
+    return guidance_scale
+
+
+def _sample(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_p, num_images, progress,
+            detail_seed=None):
+    """The checked request drawn with generators seeded `seed + i`; with `detail_seed`, each image keeps the prologue
+    that seed gives it and its visual tokens are drawn again with generators seeded `detail_seed + i`."""
     pipe = load_pipeline(model_id)
     if not class_ids:
         raise gr.Error("Pick at least one class.")
@@ -77,24 +89,51 @@ def generate(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_
     temperature = _check_number("Temperature", temperature, *TEMPERATURE_RANGE)
     top_k = _check_number("Top-k", top_k, 0, pipe.transformer.config.vocab_size, integer=True)
     top_p = _check_number("Top-p", top_p, *TOP_P_RANGE)
+    if detail_seed is not None:
+        if pipe.transformer.config.model_type != "prologue":
+            raise gr.Error("Only Prologue models have a prologue to keep.")
+        detail_seed = _check_number("Details seed", detail_seed, 0, MAX_SEED - MAX_IMAGES, integer=True)
 
-    num_steps = pipe.num_steps()  # tokens (LlamaGen) or scales (VAR, FlexVAR)
-    progress((0, num_steps), desc="Decoding", unit="steps")
+    # progress over every decoded step: a resample decodes the whole sequences, then their visual tokens again
+    config = pipe.transformer.config
+    bar = {"done": 0, "total": pipe.num_steps()}
+    if detail_seed is not None:
+        bar["total"] += pipe.num_steps() - config.num_prologue_tokens - 1
+    progress((0, bar["total"]), desc="Decoding", unit="steps")
 
     def on_step_end(pipeline, step, timestep, callback_kwargs):
-        progress((step + 1, num_steps), desc="Decoding", unit="steps")
+        bar["done"] += 1
+        progress((bar["done"], bar["total"]), desc="Decoding", unit="steps")
         return {}
 
     num_total = len(class_ids) * num_images
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(num_total)]
+    call = dict(num_images_per_label=num_images, guidance_scale=_guidance(pipe, guidance_scale), temperature=temperature,
+                top_k=top_k, top_p=top_p, callback_on_step_end=on_step_end)
     try:
-        images = pipe(class_ids, num_images_per_label=num_images, guidance_scale=guidance_scale,
-                      temperature=temperature, top_k=top_k, top_p=top_p, generator=generators,
-                      callback_on_step_end=on_step_end).images
+        out = pipe(class_ids, generator=[torch.Generator().manual_seed(seed + i) for i in range(num_total)],
+                   output_type="pil" if detail_seed is None else "latent", **call)
+        if detail_seed is not None:
+            out = pipe(class_ids, generator=[torch.Generator().manual_seed(detail_seed + i) for i in range(num_total)],
+                       prologue_tokens=out.prologue_tokens, **call)
     except ValueError as error:  # the pipeline's own input checks
         raise gr.Error(str(error)) from error
     names = [pipe.id2label[i].split(",")[0] for i in class_ids for _ in range(num_images)]
-    return [(image, f"{name}, seed {seed + i}") for i, (image, name) in enumerate(zip(images, names))]
+    return [(image, f"{name}, seed {seed + i}" + ("" if detail_seed is None else f", details {detail_seed + i}"))
+            for i, (image, name) in enumerate(zip(out.images, names))]
+
+
+def generate(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_p, num_images,
+             progress=gr.Progress()):
+    """Draws `num_images` images of each selected class; image i is drawn from a generator seeded `seed + i`."""
+    return _sample(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_p, num_images, progress)
+
+
+def resample_details(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_p, num_images, detail_seed,
+                     progress=gr.Progress()):
+    """Prologue: the images of `generate` with the same inputs keep their prologue tokens (class, layout, palette)
+    and draw their visual tokens again from generators seeded `detail_seed + i`."""
+    return _sample(model_id, class_ids, seed, guidance_scale, temperature, top_k, top_p, num_images, progress,
+                   detail_seed)
 
 
 def build_demo(model_id: str) -> gr.Blocks:
@@ -104,9 +143,14 @@ def build_demo(model_id: str) -> gr.Blocks:
     choices = class_choices(pipe)
     default_class = 207 if any(i == 207 for _, i in choices) else choices[0][1]  # golden retriever on ImageNet
     image_size = config.grid_size * pipe.vqvae.config.downsample_factor
-    token_wise = config.model_type == "llamagen"
+    prologue = config.model_type == "prologue"
+    token_wise = config.model_type in ("llamagen", "prologue")
     how = (f"a {config.grid_size}x{config.grid_size} grid of VQ codes, token by token," if token_wise else
            f"{len(config.patch_nums)} token maps, scale by scale from 1x1 to {config.grid_size}x{config.grid_size},")
+    if prologue:
+        how = f"{config.num_prologue_tokens} prologue tokens, then " + how
+    default_guidance = pipe.default_guidance_scale()
+    slider_guidance = default_guidance[1 if len(default_guidance) == 3 else 0] if prologue else default_guidance
     with gr.Blocks(title="ST-AR image generation") as demo:
         gr.Markdown(
             f"# ST-AR class-conditional image generation\n"
@@ -123,18 +167,25 @@ def build_demo(model_id: str) -> gr.Blocks:
                                       max_choices=MAX_IMAGES, label="Classes (type to search)", elem_id="classes")
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images per class")
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED - MAX_IMAGES, label="Seed")
-                guidance_scale = gr.Slider(*GUIDANCE_RANGE, value=pipe.family.guidance_scale, step=0.05,
-                                           label=f"Guidance scale ({1 if token_wise else 0} = none)")
+                guidance_scale = gr.Slider(*GUIDANCE_RANGE, value=slider_guidance, step=0.05,
+                                           label=f"Guidance scale ({1 if token_wise else 0} = none)"
+                                           + (" of the visual tokens" if prologue else ""))
                 with gr.Accordion("Sampling", open=False):
                     temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
                     top_k = gr.Slider(0, config.vocab_size, value=0, step=1, label="Top-k (0 = off)")
                     top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.01, label="Top-p (1 = off)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Group(visible=prologue):
+                    detail_seed = gr.Number(1000, precision=0, minimum=0, maximum=MAX_SEED - MAX_IMAGES,
+                                            label="Details seed")
+                    details = gr.Button("Keep the prologue, resample the details", elem_id="resample-details")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png", elem_id="gallery")
         # preprocess=False: the raw values reach `generate`, whose checks name the input that is out of bounds
-        button.click(generate, inputs=[model, classes, seed, guidance_scale, temperature, top_k, top_p, num_images],
-                     outputs=gallery, api_name="generate", preprocess=False)
+        inputs = [model, classes, seed, guidance_scale, temperature, top_k, top_p, num_images]
+        button.click(generate, inputs=inputs, outputs=gallery, api_name="generate", preprocess=False)
+        details.click(resample_details, inputs=inputs + [detail_seed], outputs=gallery, api_name="resample_details",
+                      preprocess=False)
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
 
 

@@ -9,7 +9,8 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 from st_ar_hf import (  # noqa: E402
     FlexVARConfig, FlexVARForImageGeneration, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE,
-    LlamaGenVQVAEConfig, VARConfig, VARForImageGeneration, VARVQVAE, VARVQVAEConfig,
+    LlamaGenVQVAEConfig, PrologueConfig, PrologueForImageGeneration, PrologueTokenizer, PrologueTokenizerConfig,
+    VARConfig, VARForImageGeneration, VARVQVAE, VARVQVAEConfig,
 )
 
 
@@ -93,3 +94,28 @@ def tiny_flexvae() -> LlamaGenVQVAE:
     """FlexVAR's tokenizer is LlamaGen's VQ; here with 64 8-d codes."""
     torch.manual_seed(0)
     return LlamaGenVQVAE(tiny_vq_config(codebook_embed_dim=8)).eval()
+
+
+def tiny_prologue_tokenizer_config(**overrides) -> PrologueTokenizerConfig:
+    """32 px images in 8 px patches (a 4x4 grid), 4 prologue tokens, two heads of 32 dims."""
+    kwargs = dict(image_size=32, patch_size=8, hidden_size=64, num_encoder_layers=2, num_encoder_heads=2,
+                  decoder_hidden_size=64, num_decoder_layers=2, num_decoder_heads=2, num_prologue_tokens=4,
+                  codebook_size=64, prologue_codebook_size=16, rope_axes_dim=[10, 10, 12])
+    return PrologueTokenizerConfig(**{**kwargs, **overrides})
+
+
+def tiny_prologue_config(**overrides) -> PrologueConfig:
+    kwargs = dict(visual_vocab_size=64, prologue_vocab_size=16, num_prologue_tokens=4, num_visual_tokens=16,
+                  hidden_size=64, num_hidden_layers=2, num_attention_heads=2, rotary_dim=12, num_classes=10)
+    return PrologueConfig(**{**kwargs, **overrides})
+
+
+@pytest.fixture
+def tiny_prologue_tokenizer() -> PrologueTokenizer:
+    return informative(PrologueTokenizer(tiny_prologue_tokenizer_config()))
+
+
+@pytest.fixture
+def tiny_prologue() -> PrologueForImageGeneration:
+    """Tiny random Prologue AR with open residual gates (they start closed)."""
+    return informative(PrologueForImageGeneration(tiny_prologue_config()))

@@ -1,7 +1,7 @@
 """State dicts with the key names and shapes of the official checkpoints, written from the published architecture facts
 (no original code). Their key counts are checked against the originals' state dicts: 88 for LlamaGen GPT-B, 344 for
 VQ-16 including `quantize.codebook_used` (also FlexVAR's FlexVAE.pth), 324 for VAR's vae_ch160v4096z32.pth, 220 for
-var_d16.pth and 218 for FlexVARd16 (buffers included)."""
+var_d16.pth and 218 for FlexVARd16 (buffers included); Prologue's key sets equal the originals' (see the functions)."""
 
 import torch
 
@@ -87,8 +87,10 @@ def random_state_dict(shapes, seed=0, std=0.02):
     for key, shape in shapes.items():
         if key.endswith(("norm.weight", "norm1.weight", "norm2.weight", "norm_out.weight")):
             state[key] = 1 + 0.1 * torch.randn(shape, generator=generator)
-        elif key.endswith(("codebook_used", "zero_k_bias", "ema_vocab_hit_SV", "attn_bias_for_masking")):
+        elif key.endswith(("codebook_used", "zero_k_bias", "ema_vocab_hit_SV", "attn_bias_for_masking", "pos_select_mask")):
             state[key] = torch.zeros(shape)
+        elif key == "uncond_ar_labels":
+            state[key] = torch.nn.functional.one_hot(torch.tensor([shape[1] - 1]), shape[1]).float()
         elif key.endswith("lvl_1L"):
             state[key] = torch.zeros(shape, dtype=torch.long)
         else:
@@ -168,3 +170,54 @@ def var_vqvae_shapes(ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, cvae=32,
         shapes |= _conv(f"quantize.quant_resi.qresi_ls.{k}", cvae, cvae, 3)
     shapes |= {"quantize.embedding.weight": (vocab, cvae)}
     return shapes | _conv("quant_conv", cvae, cvae, 3) | _conv("post_quant_conv", cvae, cvae, 3)
+
+
+def _prologue_stack(prefix, layers, dim, head_dim, ffn, bias, cond_dim=32, num_classes=1001):
+    """One official Prologue `Transformer`: class-conditioned norms and gates (`cond_proj` of a one-hot), QK-norm,
+    fused k/v, GEGLU `fc1` of twice the width."""
+    shapes = {f"{prefix}.cond_proj.0.weight": (cond_dim, num_classes), f"{prefix}.cond_proj.0.bias": (cond_dim,),
+              f"{prefix}.cond_proj.1.weight": (cond_dim,)}
+    for i in range(layers):
+        p = f"{prefix}.layers.{i}"
+        shapes |= {
+            f"{p}.adaln_1.affine.weight": (dim, cond_dim), f"{p}.adaln_1.affine.bias": (dim,),
+            f"{p}.attn1.q_norm.weight": (head_dim,), f"{p}.attn1.k_norm.weight": (head_dim,),
+            f"{p}.attn1.to_q.weight": (dim, dim), f"{p}.attn1.to_kv.weight": (2 * dim, dim),
+            f"{p}.attn1.proj.weight": (dim, dim), f"{p}.gate1.weight": (dim, cond_dim),
+            f"{p}.adaln_mlp.affine.weight": (dim, cond_dim), f"{p}.adaln_mlp.affine.bias": (dim,),
+            f"{p}.ffn.fc1.weight": (2 * ffn, dim), f"{p}.ffn.fc2.weight": (dim, ffn), f"{p}.gate_mlp.weight": (dim, cond_dim),
+        }
+        if bias:
+            shapes |= {f"{p}.attn1.proj.bias": (dim,), f"{p}.gate1.bias": (dim,), f"{p}.ffn.fc1.bias": (2 * ffn,),
+                       f"{p}.ffn.fc2.bias": (dim,), f"{p}.gate_mlp.bias": (dim,)}
+    return shapes
+
+
+def prologue_tokenizer_shapes(dim=768, layers=12, dec_dim=768, dec_layers=12, head_dim=64, patch_dim=768,
+                              num_patches=256, z_len=16, codebook=16384, prologue_codebook=1024, z_dim=14):
+    """(encoder state dict `model.safetensors`, decoder `model_1.safetensors`) of the official Prologue tokenizer;
+    z_len 0 is the 2D tokenizer. Key sets checked equal to the original's state dicts for Prologue-B, Prologue-L and
+    the 2D tokenizer: 230 / 225 encoder keys (Prologue / 2D) and 225 (12 layers) or 441 (24) decoder keys."""
+    encoder = _prologue_stack("enc", layers, dim, head_dim, round(dim * 8 / 3), bias=True)
+    encoder |= {"enc.input_layer.weight": (dim, patch_dim), "enc.input_layer.bias": (dim,)}
+    quantizers = [("quantizer", codebook, num_patches)] + ([("semantic_quantizer", prologue_codebook, z_len)] if z_len else [])
+    for name, size, length in quantizers:
+        encoder |= {f"{name}.proj_in.weight": (z_dim, dim), f"{name}.proj_in.bias": (z_dim,),
+                    f"{name}.embedding.weight": (size, z_dim), f"{name}.pos_select_mask": (length, size)}
+    if z_len:
+        encoder["enc.learnable_query"] = (1, z_len, dim)
+    decoder = _prologue_stack("dec", dec_layers, dec_dim, head_dim, round(dec_dim * 8 / 3), bias=True)
+    decoder |= {"dec.input_layer.weight": (dec_dim, z_dim), "dec.input_layer.bias": (dec_dim,),
+                "dec.out_norm.affine.weight": (dec_dim, 32), "dec.out_norm.affine.bias": (dec_dim,),
+                "dec.out.weight": (patch_dim, dec_dim), "dec.out.bias": (patch_dim,)}
+    return encoder, decoder
+
+
+def prologue_ar_shapes(dim=768, layers=12, head_dim=64, vocab=16384 + 1024 + 1, num_classes=1000):
+    """The official Prologue `ARModel` state dict (`model.safetensors` of an AR folder); checked equal to the
+    original's for AR-B/L/XL over Prologue-B, AR-B over Prologue-L, the 2D AR-B and the 7-layer joint prior (165, 321,
+    425 and 100 keys)."""
+    shapes = _prologue_stack("ar_model", layers, dim, head_dim, round(dim * 11 / 4), bias=False)
+    return shapes | {"bos_emb.weight": (num_classes + 1, dim), "semantic_emb.weight": (vocab, dim),
+                     "ar_model.out_norm.affine.weight": (dim, 32), "ar_model.out_norm.affine.bias": (dim,),
+                     "ar_model.out.weight": (vocab, dim), "uncond_ar_labels": (1, num_classes + 1)}

@@ -113,3 +113,33 @@ def test_scale_wise_pipelines_load_as_remote_code_without_the_package(tiny_var, 
         tmp_path,
     )
     assert result.returncode == 0 and "remote scale-wise pipelines ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_prologue_pipeline_loads_as_remote_code_without_the_package(tiny_prologue, tiny_prologue_tokenizer, tmp_path):
+    """The AR's modeling file imports the tokenizer's (the shared block): both travel with the transformer."""
+    from st_ar_hf import STARPipeline
+
+    pipe = STARPipeline(transformer=tiny_prologue, vqvae=tiny_prologue_tokenizer,
+                        id2label={i: f"class {i}" for i in range(10)})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path / "prologue", remote_code=True)
+    assert (tmp_path / "prologue" / "transformer" / "modeling_prologue_tokenizer.py").is_file()
+    out = pipe(["class 3", 7], output_type="pt", generator=torch.Generator().manual_seed(0))
+    torch.save({"tokens": out.tokens, "prologue": out.prologue_tokens, "images": out.images}, tmp_path / "expected.pt")
+    result = _run_hidden(
+        """
+        import torch
+        from diffusers import DiffusionPipeline
+        expected = torch.load("expected.pt")
+        pipe = DiffusionPipeline.from_pretrained("prologue", trust_remote_code=True)
+        assert "st_ar_hf" not in type(pipe.transformer).__module__, type(pipe.transformer).__module__
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(["class 3", 7], output_type="pt", generator=torch.Generator().manual_seed(0))
+        again = pipe([3, 3], prologue_tokens=out.prologue_tokens[:1].repeat(2, 1), output_type="pt")
+        assert torch.equal(out.tokens, expected["tokens"]) and torch.equal(out.prologue_tokens, expected["prologue"])
+        assert torch.allclose(out.images, expected["images"], atol=1e-6) and again.images.shape == (2, 3, 32, 32)
+        print("remote prologue pipeline ok")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0 and "remote prologue pipeline ok" in result.stdout, result.stderr[-3000:]

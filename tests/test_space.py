@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no calls home, from this process or the app's subprocess
 gr = pytest.importorskip("gradio")
@@ -236,3 +237,36 @@ def test_space_readme_is_the_rendered_card(app):
     requirements = [line for line in (SPACE / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
     torch_pin = [line for line in (SPACE.parent / "constraints.txt").read_text().splitlines() if line.startswith("torch")]
     assert requirements == [f"st-ar-hf=={importlib.metadata.version('st-ar-hf')}", *torch_pin]
+
+
+def test_prologue_model_keeps_the_prologue_and_resamples_the_details(app, tiny_prologue, tiny_prologue_tokenizer,
+                                                                     tmp_path):
+    """The Space on a Prologue pipeline: the slider is the visual scale of the model's split CFG, and "resample the
+    details" keeps each image's prologue (drawn from its seed) while its visual tokens come from the details seed."""
+    model = str(tmp_path / "prologue")
+    STARPipeline(transformer=tiny_prologue, vqvae=tiny_prologue_tokenizer).save_pretrained(model)
+    steps = []
+    request = REQUEST | dict(class_ids=[1], num_images=2)
+    gallery = app.generate(model, **request, progress=lambda done, **kwargs: steps.append(done))
+    assert [caption for _, caption in gallery] == ["goldfish, seed 5", "goldfish, seed 6"]
+    assert steps[-1] == (21, 21)  # 4 prologue tokens, the EOS and 16 visual tokens
+    steps.clear()
+    details = app.resample_details(model, **request, detail_seed=100, progress=lambda done, **kwargs: steps.append(done))
+    assert [caption for _, caption in details] == ["goldfish, seed 5, details 100", "goldfish, seed 6, details 101"]
+    assert steps[-1] == (21 + 16, 21 + 16)
+    pipe = app.load_pipeline(model)
+    first = pipe([1, 1], guidance_scale=(0.7, 2.0, 0.2), generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
+                 output_type="latent")
+    again = pipe([1, 1], guidance_scale=(0.7, 2.0, 0.2), prologue_tokens=first.prologue_tokens,
+                 generator=[torch.Generator().manual_seed(s) for s in (100, 101)])
+    assert all(np.array_equal(pixels(a), pixels(b)) for (a, _), b in zip(details, again.images))
+    with pytest.raises(gr.Error, match="Details seed must be an integer"):
+        app.resample_details(model, **request, detail_seed=-1)
+    demo = app.build_demo(model)
+    labels = [getattr(block, "label", "") for block in demo.blocks.values()]
+    assert "Guidance scale (1 = none) of the visual tokens" in labels and "Details seed" in labels
+
+
+def test_only_prologue_models_resample_details(app, model_dir):
+    with pytest.raises(gr.Error, match="Only Prologue models have a prologue to keep"):
+        app.resample_details(model_dir, **REQUEST, detail_seed=3)

@@ -1,5 +1,5 @@
-"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt|var-vqvae|var|flexvar ...`, `st-ar sample ...`,
-`st-ar evaluate ...`, `st-ar push ...`."""
+"""`st-ar` command line: `st-ar convert llamagen-vq|llamagen-gpt|var-vqvae|var|flexvar|prologue-tokenizer|prologue-ar
+...`, `st-ar sample ...`, `st-ar evaluate ...`, `st-ar push ...`."""
 
 import argparse
 import json
@@ -18,8 +18,10 @@ CONVERT_KINDS = {
     "var-vqvae": "VAR's multi-scale residual VQVAE (vae_ch160v4096z32.pth)",
     "var": "VAR transformer (var_d16.pth ... var_d36.pth)",
     "flexvar": "FlexVAR transformer (FlexVARd16-epo179.pth, ...) or SAR's (SARd16-epo179.pth, ...)",
+    "prologue-tokenizer": "Prologue or 2D tokenizer folder (prologue-b-tokenizer/, 2d-tokenizer/, ...)",
+    "prologue-ar": "Prologue AR folder (ar-prologue-b-b/, ar-2d-base/, ...); needs its tokenizer",
 }
-GENERATORS = ("llamagen-gpt", "var", "flexvar")
+GENERATORS = ("llamagen-gpt", "var", "flexvar", "prologue-ar")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -38,15 +40,21 @@ def _parser() -> argparse.ArgumentParser:
     kinds = convert.add_subparsers(dest="kind", required=True)
     for kind, help_text in CONVERT_KINDS.items():
         sub = kinds.add_parser(kind, help=help_text)
-        sub.add_argument("--checkpoint", required=True, help="the official file (loaded with weights_only=True)")
+        sub.add_argument("--checkpoint", required=True, help="the official file (loaded with weights_only=True), or for "
+                         "Prologue the official accelerate folder of safetensors")
         sub.add_argument("--output", required=True, help="directory to write (config.json, model.safetensors, README.md; "
                          "a STARPipeline directory when a tokenizer is given)")
         sub.add_argument("--overwrite", action="store_true", help="replace a model or pipeline already in --output")
-        if kind in GENERATORS:
-            tokenizer = sub.add_mutually_exclusive_group()
-            tokenizer.add_argument("--vqvae", help="a converted tokenizer directory: write a STARPipeline with it")
-            tokenizer.add_argument("--vqvae-checkpoint", help="the official tokenizer file: convert it and write a "
+        if kind in GENERATORS:  # a Prologue AR's vocabulary layout comes from its tokenizer: one is required
+            tokenizer = sub.add_mutually_exclusive_group(required=kind == "prologue-ar")
+            tokenizer.add_argument("--vqvae", "--tokenizer", dest="vqvae",
+                                   help="a converted tokenizer directory: write a STARPipeline with it")
+            tokenizer.add_argument("--vqvae-checkpoint", "--tokenizer-checkpoint", dest="vqvae_checkpoint",
+                                   help="the official tokenizer file (Prologue: folder): convert it and write a "
                                    "STARPipeline (FlexVAR: FlexVAE.pth)")
+        if kind.startswith("prologue"):
+            sub.add_argument("--weights", choices=["ema", "raw"], help="which weights of the folder; default the official "
+                             "evaluation's: the tokenizer's EMA, the AR's raw")
         if kind == "llamagen-gpt":
             sub.add_argument("--size", choices=sorted(LLAMAGEN_PRESETS), help="preset giving the head count")
             sub.add_argument("--num-attention-heads", type=_positive_int, help="head count for checkpoints matching no preset")
@@ -60,10 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--model", required=True, help="a STARPipeline directory or Hub repo id")
     sample.add_argument("--labels", nargs="+", required=True, help="class ids or names (quote names with spaces)")
     sample.add_argument("--num-images-per-label", type=_positive_int, default=1)
-    sample.add_argument("--guidance-scale", type=float,
-                        help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg)")
+    sample.add_argument("--guidance-scale", type=float, nargs="+",
+                        help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg; Prologue the "
+                        "paper's split CFG for the model). Prologue: S, S POWER or S_PROLOGUE S_VISUAL POWER")
     sample.add_argument("--cfg-interval", type=int, default=-1, help="LlamaGen only")
-    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--temperature", type=float, nargs="+",
+                        help="default 1.0 (Prologue without guidance: the paper's); Prologue: T or T_PROLOGUE T_VISUAL")
     sample.add_argument("--top-k", type=int, default=0)
     sample.add_argument("--top-p", type=float, default=1.0)
     sample.add_argument("--scales", type=int, nargs="+", help="VAR / FlexVAR scale schedule (FlexVAR: any)")
@@ -139,9 +149,12 @@ def _sample(args) -> str:
     labels = [int(label) if label.isdigit() else label for label in args.labels]
     pipe = load_star_pipeline(args.model).to(args.device, dtype)
     num_images = len(labels) * args.num_images_per_label
+    def number_or_tuple(values):
+        return values if values is None or len(values) > 1 else values[0]
+
     out = pipe(
-        labels, num_images_per_label=args.num_images_per_label, guidance_scale=args.guidance_scale,
-        cfg_interval=args.cfg_interval, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        labels, num_images_per_label=args.num_images_per_label, guidance_scale=number_or_tuple(args.guidance_scale),
+        cfg_interval=args.cfg_interval, temperature=number_or_tuple(args.temperature), top_k=args.top_k, top_p=args.top_p,
         generator=[torch.Generator().manual_seed(args.seed + i) for i in range(num_images)],
         compile_decoding=args.compile, scales=args.scales, more_smooth=args.more_smooth,
     )
@@ -156,6 +169,7 @@ def _sample(args) -> str:
 def _convert(args) -> str:
     from .model_cards import converted_base_model, pipeline_model_card
     from .models.llamagen.convert_llamagen import convert_llamagen_gpt, convert_llamagen_vq
+    from .models.prologue.convert_prologue import convert_prologue, convert_prologue_tokenizer
     from .models.var.convert_var import convert_flexvar, convert_var, convert_var_vqvae
     from .pipelines import STARPipeline
 
@@ -178,6 +192,10 @@ def _convert(args) -> str:
             model = convert_var_vqvae(args.checkpoint, output_dir=output_dir, **schedule)
         elif args.kind == "var":
             model = convert_var(args.checkpoint, output_dir=output_dir, **schedule)
+        elif args.kind == "prologue-tokenizer":
+            model = convert_prologue_tokenizer(args.checkpoint, ema=args.weights != "raw", output_dir=output_dir)
+        elif args.kind == "prologue-ar":
+            model = convert_prologue(args.checkpoint, vqvae, ema=args.weights == "ema")
         else:
             model = convert_flexvar(args.checkpoint, output_dir=output_dir, **schedule)
     except ValueError as error:
@@ -218,6 +236,7 @@ def _load_tokenizer(args):
     from transformers import AutoModel
 
     from .models.llamagen.convert_llamagen import convert_llamagen_vq
+    from .models.prologue.convert_prologue import convert_prologue_tokenizer
     from .models.var.convert_var import convert_var_vqvae
 
     if args.vqvae:
@@ -225,10 +244,14 @@ def _load_tokenizer(args):
         if not config_file.is_file():
             raise ValueError(f"--vqvae {args.vqvae}: no config.json, not a converted tokenizer directory")
         model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type not in ("llamagen_vqvae", "var_vqvae"):
+        if model_type not in ("llamagen_vqvae", "var_vqvae", "prologue_tokenizer"):
             raise ValueError(f"--vqvae {args.vqvae} holds a {model_type!r} model, not a tokenizer")
+        if (model_type == "prologue_tokenizer") != (args.kind == "prologue-ar"):
+            raise ValueError(f"--vqvae {args.vqvae} holds a {model_type!r} tokenizer, which a {args.kind} model does not "
+                             f"decode with")
         return AutoModel.from_pretrained(args.vqvae)
-    convert = convert_var_vqvae if args.kind == "var" else convert_llamagen_vq  # FlexVAE.pth is a LlamaGen VQ
+    # FlexVAE.pth is a LlamaGen VQ
+    convert = {"var": convert_var_vqvae, "prologue-ar": convert_prologue_tokenizer}.get(args.kind, convert_llamagen_vq)
     try:
         return convert(args.vqvae_checkpoint)
     except ValueError as error:

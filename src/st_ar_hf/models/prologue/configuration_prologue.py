@@ -118,6 +118,11 @@ class PrologueTokenizerConfig(PreTrainedConfig):
         return self.image_size // self.patch_size
 
     @property
+    def downsample_factor(self) -> int:
+        """Pixels per token side, as for the convolutional tokenizers."""
+        return self.patch_size
+
+    @property
     def patch_dim(self) -> int:
         return self.patch_size * self.patch_size * self.in_channels
 

@@ -251,7 +251,7 @@ def convert_prologue(checkpoint, tokenizer: PrologueTokenizer | PrologueTokenize
     model = PrologueForImageGeneration(config)
     load_strict(model, state)
     if output_dir is not None:
-        save_converted(model, output_dir, checkpoint if not isinstance(checkpoint, dict) else None, "prologue")
+        save_converted(model, output_dir, checkpoint if not isinstance(checkpoint, dict) else None, "prologue-ar")
     return model.eval()
 
 

@@ -1,0 +1,106 @@
+"""Class-conditional sampling speed of Prologue-B (random weights) with split CFG: whole images (16 prologue tokens,
+the EOS and 256 visual tokens) per second.
+
+For each batch size, in the same run:
+- fast path: `st_ar_hf.pipelines.decoding_prologue.generate`, what `STARPipeline` runs (static KV cache,
+  [cond; null] in one forward, the paper's split CFG 0.7 / 3.75 / 0.2),
+- baseline "no cache": the whole [cond; null] sequence recomputed every step (batch 1 only: it is quadratic),
+- LlamaGen-B at equal settings (CFG, batch, dtype): 256 tokens per image where Prologue decodes 273,
+and the floor of one decoding step: max(weight bytes / copy bandwidth, FLOPs / matmul peak), both measured here.
+Each row is timed best of `--repeats` calls, the rows interleaved, after one warm-up call per row.
+
+    python benchmarks/bench_prologue.py [--batches 1 4] [--dtypes fp32 bf16] [--repeats 2]
+"""
+
+import argparse
+
+import torch
+from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, timed
+
+from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, PrologueConfig, PrologueForImageGeneration
+from st_ar_hf.pipelines import decoding_llamagen, decoding_prologue
+from st_ar_hf.pipelines.sampling import sample
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SPLIT_CFG = (0.7, 3.75, 0.2)
+
+
+def build(dtype, device):
+    """(Prologue-B, LlamaGen-B) with random weights; Prologue's residual gates opened (they start closed)."""
+    torch.manual_seed(0)
+    prologue = PrologueForImageGeneration(PrologueConfig.from_preset("B")).eval()
+    with torch.no_grad():
+        for layer in prologue.layers:
+            layer.attn_gate.fill_(1.0)
+            layer.mlp_gate.fill_(1.0)
+    llamagen = LlamaGenForImageGeneration(LlamaGenConfig.from_preset("B")).eval()
+    torch.nn.init.normal_(llamagen.lm_head.weight, std=0.02)
+    return prologue.to(device, dtype), llamagen.to(device, dtype)
+
+
+@torch.no_grad()
+def no_cache_reference(model, class_labels, generator):
+    """Every step runs the full [cond; null] sequence again; the same guidance, mask and sampling as the fast path."""
+    config = model.config
+    scales = decoding_prologue.guidance_scales(SPLIT_CFG, config.num_prologue_tokens, config.sequence_length)
+    labels = torch.cat([class_labels, torch.full_like(class_labels, config.null_class_id)])
+    tokens = torch.empty(len(class_labels), 0, dtype=torch.long, device=class_labels.device)
+    for step in range(config.sequence_length):
+        cond, uncond = model(input_ids=torch.cat([tokens, tokens]), class_labels=labels).logits[:, -1].chunk(2)
+        logits = torch.where(cond.isneginf(), cond, uncond + (cond - uncond) * scales[step])
+        noise = torch.empty(logits.shape).exponential_(generator=generator).to(logits.device)
+        tokens = torch.cat([tokens, sample(logits, noise=noise)[:, None]], dim=1)
+    return tokens
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) no-cache baseline")
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per row (the best counts)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {name}; Prologue-B (273 tokens/image) against LlamaGen-B (256), split CFG "
+          f"{SPLIT_CFG} / CFG 2.0 (2x batch)")
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        prologue, llamagen = build(dtype, device)
+        config = prologue.config
+        peak, bandwidth = matmul_peak_flops(dtype, device), memory_bandwidth(device)
+        weight_bytes = sum(p.numel() * p.element_size() for p in prologue.parameters())
+        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, copy bandwidth {bandwidth / 1e9:.0f} GB/s, "
+              f"Prologue-B weights {weight_bytes / 1e6:.0f} MB")
+        warmed_up = set()
+        for batch in args.batches:
+            labels = torch.randint(0, 1000, (batch,), device=device)
+            rows = [
+                ("Prologue fast (STARPipeline)", lambda: decoding_prologue.generate(
+                    prologue, labels, SPLIT_CFG, generator=torch.Generator().manual_seed(0))),
+                ("LlamaGen-B fast, equal settings", lambda: decoding_llamagen.generate(
+                    llamagen, labels, 2.0, generator=torch.Generator().manual_seed(0))),
+            ]
+            if batch == 1 and not args.no_reference:
+                rows.append(("Prologue baseline: no cache", lambda: no_cache_reference(
+                    prologue, labels, torch.Generator().manual_seed(0))))
+            step_flops = 2 * batch * forward_flops_per_token(config, config.sequence_length / 2)
+            floor = max(weight_bytes / bandwidth, step_flops / peak) * config.sequence_length  # seconds per batch
+            print(f"  batch {batch:3d}: Prologue floor {batch / floor:8.3f} images/s "
+                  f"(per step: weights {1e3 * weight_bytes / bandwidth:.2f} ms, FLOPs {1e3 * step_flops / peak:.2f} ms)")
+            for label, run in rows:
+                if label not in warmed_up:
+                    run()
+                    warmed_up.add(label)
+            best = {label: float("inf") for label, _ in rows}
+            for _ in range(args.repeats):  # rows interleaved, so that a slow phase of a shared machine hits them all
+                for label, run in rows:
+                    best[label] = min(best[label], timed(run, repeats=1, warmup=0))
+            fast_seconds = best[rows[0][0]]
+            for label, seconds in best.items():
+                print(f"    {label:34s} {batch / seconds:8.3f} images/s  {100 * floor / seconds:5.1f}% of Prologue's "
+                      f"floor  Prologue fast path {seconds / fast_seconds:5.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
