@@ -4,8 +4,6 @@ STARPipeline. Parity with the original code on the same weights was measured sep
 
 import json
 import math
-import subprocess
-import sys
 
 import PIL.Image
 import pytest
@@ -14,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from st_ar_hf import PrologueConfig, PrologueForImageGeneration, PrologueTokenizer, STARPipeline
+from st_ar_hf.cli import main as cli_main
 from st_ar_hf.models.prologue.convert_prologue import convert_prologue, convert_prologue_tokenizer, paper_sampling
 from st_ar_hf.models.prologue.modeling_prologue import logit_mask
 from st_ar_hf.pipelines.decoding_prologue import generate, guidance_scales
@@ -239,33 +238,27 @@ def test_bad_folders_and_layouts_are_named(tmp_path):
         convert_prologue(ar, tiny_prologue_tokenizer_config(), rotary_dim=12)
 
 
-def test_cli_converts_folders_into_a_pipeline_and_samples(tmp_path):
+def test_cli_converts_folders_into_a_pipeline_and_samples(tmp_path, capsys):
     # one head of 64 dims: the published RoPE axes apply unchanged
     tiny = {**TINY_TOKENIZER, "head_dim": 64}
     encoder, decoder = prologue_tokenizer_shapes(**tiny)
     write_folder(tmp_path / "tok", *(random_state_dict(s) for s in (encoder, decoder, encoder, decoder)))
     ar = prologue_ar_shapes(dim=64, layers=2, head_dim=64, vocab=81, num_classes=10)
     write_folder(tmp_path / "ar", random_state_dict(ar))
-    cli = [sys.executable, "-m", "st_ar_hf.cli"]
-    run = subprocess.run(cli + ["convert", "prologue-tokenizer", "--checkpoint", str(tmp_path / "tok"), "--output",
-                                str(tmp_path / "converted-tok")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    run = subprocess.run(cli + ["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--tokenizer",
-                                str(tmp_path / "converted-tok"), "--output", str(tmp_path / "pipe")],
-                         capture_output=True, text=True)
-    assert run.returncode == 0 and "a STARPipeline of PrologueForImageGeneration" in run.stdout, run.stderr[-2000:]
+    assert cli_main(["convert", "prologue-tokenizer", "--checkpoint", str(tmp_path / "tok"), "--output",
+                     str(tmp_path / "converted-tok")]) == 0
+    assert cli_main(["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--tokenizer",
+                     str(tmp_path / "converted-tok"), "--output", str(tmp_path / "pipe")]) == 0
+    assert "a STARPipeline of PrologueForImageGeneration" in capsys.readouterr().out
     assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["vqvae"][1] == "PrologueTokenizer"
-    run = subprocess.run(cli + ["sample", "--model", str(tmp_path / "pipe"), "--labels", "3", "--num-images-per-label", "2",
-                                "--guidance-scale", "0.7", "3.0", "0.2", "--out", str(tmp_path / "grid.png")],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    sample = ["sample", "--model", str(tmp_path / "pipe"), "--labels", "3", "--num-images-per-label", "2"]
+    assert cli_main(sample + ["--guidance-scale", "0.7", "3.0", "0.2", "--out", str(tmp_path / "grid.png")]) == 0
     assert PIL.Image.open(tmp_path / "grid.png").size == (64, 32)
-    bad = subprocess.run(cli + ["sample", "--model", str(tmp_path / "pipe"), "--labels", "3", "--guidance-scale", "0.7",
-                                "3.0", "0", "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "the power > 0" in bad.stderr and "Traceback" not in bad.stderr
-    missing = subprocess.run(cli + ["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--output",
-                                    str(tmp_path / "other")], capture_output=True, text=True)
-    assert missing.returncode == 2 and "one of the arguments --vqvae/--tokenizer" in missing.stderr
+    assert cli_main(sample + ["--guidance-scale", "0.7", "3.0", "0", "--out", str(tmp_path / "x.png")]) == 2
+    assert "the power > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the tokenizer is required
+        cli_main(["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--output", str(tmp_path / "other")])
+    assert "one of the arguments --vqvae/--tokenizer" in capsys.readouterr().err
 
 
 # --- sampling
