@@ -318,3 +318,24 @@ def test_st_ar_evaluate_cli_with_inception_weights(random_inception, tmp_path):
     assert cli_main(args) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["feature_network"] == InceptionV3Features.name and math.isfinite(results["inception_score"])
+
+
+def test_sample_ddp_takes_prologue_split_settings(tmp_path, tiny_prologue, tiny_prologue_tokenizer):
+    import importlib.util
+    from pathlib import Path
+
+    from st_ar_hf import STARPipeline
+
+    STARPipeline(transformer=tiny_prologue, vqvae=tiny_prologue_tokenizer,
+                 id2label={i: str(i) for i in range(10)}).save_pretrained(tmp_path / "pipe")
+    spec = importlib.util.spec_from_file_location(
+        "sample_ddp", Path(__file__).resolve().parents[1] / "training" / "sample_ddp.py")
+    sample_ddp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample_ddp)
+    args = sample_ddp.parse_args(["--model", str(tmp_path / "pipe"), "--num_samples", "2", "--guidance_scale", "0.7",
+                                  "3.0", "0.2", "--temperature", "0.7", "0.9", "--out", str(tmp_path / "s.npz")])
+    assert args.guidance_scale == (0.7, 3.0, 0.2) and args.temperature == (0.7, 0.9)
+    sample_ddp.main(args)
+    samples = load_image_batch(tmp_path / "s.npz")
+    assert samples.shape == (2, 32, 32, 3) and len({image.tobytes() for image in samples}) == 2
+    assert sample_ddp.parse_args(["--model", "m", "--out", "o.npz", "--guidance_scale", "2"]).guidance_scale == 2.0

@@ -66,7 +66,7 @@ def test_tokenizer_codes_and_the_straight_through_prologue(tiny_prologue_tokeniz
     # the one-hot carries the softmax's gradient into the shared encoder: what an AR prior's CE trains
     (encoded.prologue_one_hot * torch.randn(2, 4, 16)).sum().backward()
     assert tokenizer.encoder.prologue_queries.grad.abs().sum() > 0
-    assert tokenizer.encoder.layers[0].attn.q_proj.weight.grad.abs().sum() > 0
+    assert tokenizer.encoder.layers[0].attn.qkv_proj.weight.grad.abs().sum() > 0
     assert tokenizer.decoder.to_patches.weight.grad is None  # the prologue is never decoded
     out = tokenizer(pixels)
     assert out.reconstruction.shape == pixels.shape and out.codebook_loss > 0
@@ -170,8 +170,8 @@ def test_conversion_folds_the_null_class_conditioning(tmp_path):
     layer = tokenizer.encoder.layers[1]
     assert torch.allclose(layer.attn_norm.weight, 1 + encoder["enc.layers.1.adaln_1.affine.bias"])
     assert torch.allclose(layer.attn_gate, encoder["enc.layers.1.gate1.bias"])
-    k, v = encoder["enc.layers.0.attn1.to_kv.weight"].chunk(2)
-    assert torch.equal(tokenizer.encoder.layers[0].attn.v_proj.weight, v)
+    q, kv = encoder["enc.layers.0.attn1.to_q.weight"], encoder["enc.layers.0.attn1.to_kv.weight"]
+    assert torch.equal(tokenizer.encoder.layers[0].attn.qkv_proj.weight, torch.cat([q, kv]))  # (q, k, v) rows
     gate, value = encoder["enc.layers.0.ffn.fc1.weight"].chunk(2)  # the original activates the second half
     assert torch.equal(tokenizer.encoder.layers[0].mlp.gate_proj.weight, value)
     assert torch.equal(tokenizer.encoder.layers[0].mlp.up_proj.weight, gate)

@@ -7,7 +7,8 @@
         --guidance_scale 2.5 --top_k 900 --top_p 0.95 --out samples.npz
 
 Any family's pipeline: the sampling arguments are the pipeline's (`--guidance_scale` defaults to the family's,
-`--cfg_interval` is LlamaGen's, `--scales` VAR's and FlexVAR's).
+`--cfg_interval` is LlamaGen's, `--scales` VAR's and FlexVAR's; Prologue takes split settings, e.g.
+`--guidance_scale 0.7 3.75 0.2 --temperature 0.7 0.9`).
 
 Image i has label i % num_classes (`--per_class`) or a label drawn uniformly from a generator seeded with `--seed`,
 and is decoded from its own generator seeded with seed + i: the set is the same for any number of processes and
@@ -34,11 +35,13 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="the .npz to write")
     parser.add_argument("--num_samples", type=int, default=50000)
     parser.add_argument("--per_class", action="store_true", help="labels i % num_classes instead of uniform random")
-    parser.add_argument("--guidance_scale", type=float, default=None,
-                        help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg)")
+    parser.add_argument("--guidance_scale", type=float, nargs="+", default=None,
+                        help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg; Prologue the "
+                        "paper's split CFG); Prologue also S POWER or S_PROLOGUE S_VISUAL POWER")
     parser.add_argument("--cfg_interval", type=int, default=-1, help="LlamaGen only")
     parser.add_argument("--scales", type=int, nargs="+", default=None, help="VAR / FlexVAR scale schedule")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, nargs="+", default=None,
+                        help="default 1.0 (Prologue without guidance: the paper's); Prologue also T_PROLOGUE T_VISUAL")
     parser.add_argument("--top_k", type=int, default=0)
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward and process")
@@ -46,6 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--resize", type=int, default=None, help="resize to this size (bicubic) before saving")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args(argv)
+    for name in ("guidance_scale", "temperature"):  # one number, or Prologue's tuple
+        values = getattr(args, name)
+        setattr(args, name, values[0] if values and len(values) == 1 else values and tuple(values))
     for name in ("num_samples", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")

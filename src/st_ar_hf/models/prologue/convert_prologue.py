@@ -86,13 +86,11 @@ def _convert_stack(keys: _Keys, source: str, target: str, condition: torch.Tenso
     out = {}
     for i in range(count_indexed(keys.state_dict, rf"{source}\.layers\.(\d+)\.")):
         src, dst = f"{source}.layers.{i}", f"{target}.layers.{i}"
-        k, v = keys.take(f"{src}.attn1.to_kv.weight").chunk(2)
         up, gate = keys.take(f"{src}.ffn.fc1.weight").chunk(2)  # the original's (gate, value): value is activated
         out |= {
             f"{dst}.attn_norm.weight": 1.0 + _affine(keys, f"{src}.adaln_1.affine", condition)[0],
-            f"{dst}.attn.q_proj.weight": keys.take(f"{src}.attn1.to_q.weight"),
-            f"{dst}.attn.k_proj.weight": k,
-            f"{dst}.attn.v_proj.weight": v,
+            f"{dst}.attn.qkv_proj.weight": torch.cat([keys.take(f"{src}.attn1.to_q.weight"),
+                                                      keys.take(f"{src}.attn1.to_kv.weight")]),  # (q, k, v) rows
             f"{dst}.attn.q_norm.weight": 1.0 + keys.take(f"{src}.attn1.q_norm.weight"),
             f"{dst}.attn.k_norm.weight": 1.0 + keys.take(f"{src}.attn1.k_norm.weight"),
             f"{dst}.attn.o_proj.weight": keys.take(f"{src}.attn1.proj.weight"),

@@ -22,7 +22,9 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_prologue import PrologueConfig
-from .modeling_prologue_tokenizer import PrologueBlock, PrologueRMSNorm, PrologueRotaryEmbedding, rope_angles
+from .modeling_prologue_tokenizer import (
+    PrologueBlock, PrologueLinear, PrologueRMSNorm, PrologueRotaryEmbedding, rope_angles,
+)
 
 
 class PrologueARRotary(PrologueRotaryEmbedding):
@@ -79,7 +81,7 @@ class PrologueForImageGeneration(PreTrainedModel):
             for i in range(config.num_hidden_layers)
         )
         self.norm = PrologueRMSNorm(config.hidden_size)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = PrologueLinear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary_emb = PrologueARRotary(config)
         self.post_init()
 

@@ -132,6 +132,23 @@ class PrologueDecoderRotary(PrologueRotaryEmbedding):
         return rope_angles(grid_position_ids(config.grid_size), config.rope_axes_dim, config.rope_theta_patches)
 
 
+class PrologueLinear(nn.Linear):
+    """`nn.Linear` that multiplies weight-major, `(W @ x^T)^T`, for the few rows of a decoding step (one position per
+    sequence) in fp32 on the CPU, where MKL's small-M GEMM path is 1.2-3x slower (after `LlamaGenLinear`,
+    llamagen/modeling_llamagen.py, which measures it; copied to keep this folder self-contained). Other inputs take
+    `F.linear`, so full forwards round as the original's do."""
+
+    max_weight_major_rows = 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or rows > self.max_weight_major_rows
+                or x.ndim < 2 or x.shape[-2] != 1):
+            return super().forward(x)
+        out = (self.weight @ x.reshape(rows, -1).T).T
+        return (out if self.bias is None else out + self.bias).reshape(*x.shape[:-1], -1)
+
+
 class PrologueAttention(nn.Module):
     """Multi-head attention with QK-norm (per head) and RoPE; `past_key_values` (a transformers `Cache`) extends a
     causal sequence."""
@@ -139,24 +156,25 @@ class PrologueAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, out_bias: bool, dropout: float = 0.0, layer_idx: int = 0):
         super().__init__()
         self.num_heads, self.head_dim, self.layer_idx = num_heads, hidden_size // num_heads, layer_idx
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.qkv_proj = PrologueLinear(hidden_size, 3 * hidden_size, bias=False)
         self.q_norm = PrologueRMSNorm(self.head_dim)
         self.k_norm = PrologueRMSNorm(self.head_dim)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=out_bias)
+        self.o_proj = PrologueLinear(hidden_size, hidden_size, bias=out_bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None):
         batch, length, _ = x.shape
-        q, k, v = (proj(x).view(batch, length, self.num_heads, -1).transpose(1, 2)  # [B, H, T, D]
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self.qkv_proj(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
         q, k = apply_rope(self.q_norm(q), *rotary), apply_rope(self.k_norm(k), *rotary)
         mask = None
-        if past_key_values is not None:  # query i sees the cached keys up to its own position
-            k, v = past_key_values.update(k, v, self.layer_idx)  # [B, H, S, D]
-            mask = torch.arange(k.shape[2], device=x.device)[None, :] <= cache_position[:, None]  # [T, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # [B, H, S, D], S the cache's slots
+            if length == 1 and x.device.type == "cpu" and not torch.compiler.is_compiling():
+                filled = int(cache_position[0]) + 1  # a CPU decoding step: its query over the filled slots only
+                k, v = k[:, :, :filled], v[:, :, :filled]
+            else:  # query i sees the slots up to its own position
+                mask = torch.arange(k.shape[2], device=x.device)[None, :] <= cache_position[:, None]  # [T, S]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and past_key_values is None)
         return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)))
 
 
@@ -165,9 +183,9 @@ class PrologueMLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dropout: float = 0.0):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.gate_proj = PrologueLinear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = PrologueLinear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = PrologueLinear(intermediate_size, hidden_size, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
