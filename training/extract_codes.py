@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """LlamaGen's pre-tokenisation with Accelerate: every image's ten crops (4 corners, centre and their flips of the
 centre crop at 1.1x) encoded by a VQ tokenizer, written as parquet code shards that `train.py --train_codes` streams.
+A Prologue tokenizer's codes are written as its AR's sequences: prologue codes (offset past the visual ones), EOS,
+visual codes (Prologue's phase 2, `train_pretoken.py`).
 
     accelerate launch training/extract_codes.py --dataset ILSVRC/imagenet-1k --vqvae org/llamagen-vq16 --output_dir codes/
 
@@ -21,11 +23,14 @@ from datasets import Array2D, ClassLabel, Dataset, Features, Value
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from st_ar_hf import LlamaGenVQVAE
+from transformers import AutoModel
+
+import st_ar_hf  # noqa: F401 (registers the tokenizers with AutoModel)
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import code_shards_card, training_datasets
 from st_ar_hf.training.arguments import ExtractCodesArguments, run_script
 from st_ar_hf.training.data import check_columns, class_names, crop_views, decode_image, load_image_dataset, to_pixel_values
+from st_ar_hf.training.prologue import prior_sequence
 from st_ar_hf.training.tracking import finish_run
 
 logger = get_logger(__name__)
@@ -35,14 +40,22 @@ def main(args: ExtractCodesArguments) -> None:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    vqvae = LlamaGenVQVAE.from_pretrained(args.vqvae).to(accelerator.device).eval()
+    vqvae = AutoModel.from_pretrained(args.vqvae).to(accelerator.device).eval()
+    prologue = vqvae.config.model_type == "prologue_tokenizer"
+    if vqvae.config.model_type not in ("llamagen_vqvae", "prologue_tokenizer"):
+        raise ValueError(f"--vqvae holds a {vqvae.config.model_type}; code shards are written for LlamaGen and Prologue "
+                         f"tokenizers (scale-wise models encode their images on the fly)")
+    if prologue and args.image_size != vqvae.config.image_size:
+        raise ValueError(f"--image_size {args.image_size} differs from the Prologue tokenizer's {vqvae.config.image_size}")
     if args.image_size % vqvae.config.downsample_factor:
         raise ValueError(f"--image_size {args.image_size} is not a multiple of the tokenizer's downsampling "
                          f"{vqvae.config.downsample_factor}")
     dataset = load_image_dataset(args, accelerator.main_process_first)
     check_columns(dataset, image_column=args.image_column, label_column=args.label_column)
     names = class_names(dataset, args.label_column)
-    num_crops, num_tokens = 10 if args.ten_crop else 2, (args.image_size // vqvae.config.downsample_factor) ** 2
+    grid_size = args.image_size // vqvae.config.downsample_factor
+    num_prologue = vqvae.config.num_prologue_tokens if prologue else 0
+    num_crops, num_tokens = 10 if args.ten_crop else 2, num_prologue + int(num_prologue > 0) + grid_size**2
     features = Features({"codes": Array2D((num_crops, num_tokens), "int32"),
                          "label": ClassLabel(names=names) if names else Value("int64")})
     stream = split_dataset_by_node(dataset.decode(False), rank=accelerator.process_index,
@@ -56,7 +69,11 @@ def main(args: ExtractCodesArguments) -> None:
     def encode_pending():
         pixels = to_pixel_values([view for views in images for view in views]).to(accelerator.device)  # [N*crops, 3, H, W]
         with torch.inference_mode(), accelerator.autocast():
-            indices = vqvae.encode(pixels).indices.flatten(1)  # [N*crops, h*w]
+            encoded = vqvae.encode(pixels)
+            indices = encoded.indices.flatten(1)  # [N*crops, h*w]
+            if prologue:  # [N*crops, P + 1 + h*w] in the AR's vocabulary
+                indices = prior_sequence(encoded.prologue_indices, indices, vqvae.config.codebook_size,
+                                         vqvae.config.prologue_codebook_size)
         shard_codes.append(indices.view(len(images), num_crops, num_tokens).to(torch.int32).cpu().numpy())
         shard_labels.extend(labels)
         images.clear(), labels.clear()
@@ -105,11 +122,12 @@ def main(args: ExtractCodesArguments) -> None:
         vqvae_path = Path(args.vqvae)
         (output_dir / "codes_info.json").write_text(json.dumps({  # lets train.py find the tokenizer of these codes
             "vqvae": str(vqvae_path.resolve()) if vqvae_path.is_dir() else args.vqvae, "image_size": args.image_size,
-            "num_crops": num_crops, "grid_size": int(num_tokens**0.5), "codebook_size": vqvae.config.codebook_size,
+            "num_crops": num_crops, "grid_size": grid_size, "codebook_size": vqvae.config.codebook_size,
+            "num_prologue_tokens": num_prologue,
         }, indent=2) + "\n")
         code_shards_card(vqvae=args.vqvae, source=source, source_datasets=training_datasets(vars(args)),
                          image_size=args.image_size, crop_range=args.crop_range,
-                         num_crops=num_crops, grid_size=int(num_tokens**0.5), codebook_size=vqvae.config.codebook_size,
+                         num_crops=num_crops, grid_size=grid_size, codebook_size=vqvae.config.codebook_size,
                          num_examples=examples, num_skipped=skipped).save(output_dir / "README.md")
         if args.push_to_hub:
             uploader = BackgroundUploader(args.hub_model_id or output_dir.name, args.hub_private_repo, args.upload_retries,

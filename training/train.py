@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Train a LlamaGen GPT with next-token prediction, and with ST-AR's self-guidance (arXiv 2509.15185) when the
-weights of its terms are > 0, over `datasets` streaming shards with Accelerate.
+"""Train a token-wise AR model with next-token prediction, and with ST-AR's self-guidance (arXiv 2509.15185) when the
+weights of its terms are > 0, over `datasets` streaming shards with Accelerate: a LlamaGen GPT over a LlamaGen VQ's
+codes, or a Prologue AR over a Prologue tokenizer's `[prologue] [EOS] [visual]` sequences (Prologue's phase 3; the
+family follows the tokenizer).
 
     accelerate launch training/train.py                      # the embedded default: configs/default.yaml
     accelerate launch training/train.py --config training/configs/st_ar_b.yaml --train_codes codes/
@@ -20,9 +22,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
+from transformers import AutoModel
+
 import train_tokenizer
-from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE
+from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, PrologueConfig, PrologueForImageGeneration
 from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
+from st_ar_hf.models.prologue import PROLOGUE_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments, run_script
 from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run
@@ -31,6 +36,7 @@ from st_ar_hf.training.data import (
     read_codes_info, to_pixel_values,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
+from st_ar_hf.training.prologue import prior_sequence
 from st_ar_hf.training.loop import (
     LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
     make_optimizer, nonfinite_terms, skip_step,
@@ -82,15 +88,37 @@ def build_transform(args: ARTrainingArguments, num_classes: int):
     return from_codes if args.train_codes is not None else from_image
 
 
-def build_model(args: ARTrainingArguments, vocab_size: int, grid_size: int, num_classes: int):
+def build_model(args: ARTrainingArguments, vqvae, num_classes: int):
+    """The AR of the tokenizer's family: a LlamaGen GPT over a LlamaGen VQ's grid, a Prologue AR over a Prologue
+    tokenizer's vocabulary layout; from a preset name or a pretrained folder."""
+    tokenizer, grid_size = vqvae.config, args.image_size // vqvae.config.downsample_factor
+    if tokenizer.model_type == "prologue_tokenizer":
+        if args.model not in PROLOGUE_PRESETS:
+            return PrologueForImageGeneration.from_pretrained(args.model, **(args.model_config or {}))
+        layers, heads, hidden = PROLOGUE_PRESETS[args.model]
+        return PrologueForImageGeneration(PrologueConfig(**{
+            "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_size": hidden,
+            "visual_vocab_size": tokenizer.codebook_size, "prologue_vocab_size": tokenizer.prologue_codebook_size,
+            "num_prologue_tokens": tokenizer.num_prologue_tokens, "num_visual_tokens": grid_size**2,
+            "num_classes": num_classes, **(args.model_config or {})}))
     if args.model in LLAMAGEN_PRESETS:
         layers, heads, hidden = LLAMAGEN_PRESETS[args.model]
         config = LlamaGenConfig(**{
-            "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_size": hidden, "vocab_size": vocab_size,
-            "block_size": grid_size**2, "num_classes": num_classes, **(args.model_config or {})})
+            "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_size": hidden,
+            "vocab_size": tokenizer.codebook_size, "block_size": grid_size**2, "num_classes": num_classes,
+            **(args.model_config or {})})
         return LlamaGenForImageGeneration._from_config(config, attn_implementation=args.attn_implementation)
     return LlamaGenForImageGeneration.from_pretrained(args.model, attn_implementation=args.attn_implementation,
                                                       **(args.model_config or {}))
+
+
+def tokenize(vqvae, views: torch.Tensor) -> torch.LongTensor:
+    """Pixels [B, V, 3, H, W] -> the AR's tokens [B, V, T] (a Prologue tokenizer's: [prologue] [EOS] [visual])."""
+    with torch.inference_mode():
+        encoded = vqvae.encode(views.flatten(0, 1))
+        tokens = prior_sequence(getattr(encoded, "prologue_indices", None), encoded.indices,
+                                vqvae.config.codebook_size, getattr(vqvae.config, "prologue_codebook_size", 0))
+    return tokens.view(*views.shape[:2], -1).clone()  # a normal tensor, usable by autograd
 
 
 def main(args: ARTrainingArguments) -> None:
@@ -112,7 +140,10 @@ def main(args: ARTrainingArguments) -> None:
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
 
-    vqvae = LlamaGenVQVAE.from_pretrained(args.vqvae).to(accelerator.device).eval().requires_grad_(False)
+    vqvae = AutoModel.from_pretrained(args.vqvae).to(accelerator.device).eval().requires_grad_(False)
+    if vqvae.config.model_type not in ("llamagen_vqvae", "prologue_tokenizer"):
+        raise ValueError(f"--vqvae holds a {vqvae.config.model_type}: train.py trains token-wise models over LlamaGen "
+                         f"or Prologue tokenizers (scale-wise models: train_scalewise.py)")
 
     # Data: this process's share of the stream; never passed through accelerator.prepare (no double split)
     dataset, names = load_data(args, accelerator)
@@ -124,8 +155,14 @@ def main(args: ARTrainingArguments) -> None:
 
     # Student, teacher, objective
     grid_size = args.image_size // vqvae.config.downsample_factor
-    student = build_model(args, vqvae.config.codebook_size, grid_size, num_classes)
-    args.check_model(student.config)
+    student = build_model(args, vqvae, num_classes)
+    args.check_model(student.config, vqvae.config)
+    if args.train_codes is not None:  # a Prologue tokenizer's codes are [prologue] [EOS] [visual] sequences
+        features = dataset.features or {}
+        length = features["codes"].shape[1] if "codes" in features else len(next(iter(dataset))["codes"][0])
+        if length != student.config.block_size:
+            raise ValueError(f"--train_codes hold sequences of {length} tokens, but a {student.config.model_type} model "
+                             f"over this --vqvae models {student.config.block_size} (codes of another tokenizer?)")
     if args.gradient_checkpointing:
         student.gradient_checkpointing_enable()
     student.train()
@@ -175,12 +212,7 @@ def main(args: ARTrainingArguments) -> None:
         for _ in range(args.gradient_accumulation_steps):
             batch = next(batches)
             views, labels = batch["views"].to(accelerator.device), batch["label"].to(accelerator.device)
-            if args.train_codes is None:  # tokenise on the fly: [B, V, 3, H, W] -> [B, V, h*w]
-                with torch.inference_mode():
-                    indices = vqvae.encode(views.flatten(0, 1)).indices
-                tokens = indices.flatten(1).view(*views.shape[:2], -1).clone()  # a normal tensor, usable by autograd
-            else:
-                tokens = views  # [B, V, h*w]
+            tokens = tokenize(vqvae, views) if args.train_codes is None else views  # [B, V, T]
             with accelerator.accumulate(student, objective), accelerator.autocast():
                 terms = objective(student, teacher, tokens, labels, gather=accelerator.gather if
                                   accelerator.num_processes > 1 else None,
@@ -207,7 +239,7 @@ def main(args: ARTrainingArguments) -> None:
         step = state.global_step
         if is_due(step, args.log_steps, args.max_train_steps):
             logs = window.logs(accelerator)
-            used = torch.bincount(tokens.flatten(), minlength=vqvae.config.codebook_size).float()
+            used = torch.bincount(tokens.flatten(), minlength=accelerator.unwrap_model(student).config.vocab_size).float()
             logs.update({
                 "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
                 "throughput/tokens_per_s": logs["throughput/images_per_s"] * args.num_views * tokens.shape[-1],

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Train a VQ tokenizer with Accelerate over `datasets` streaming shards: LlamaGen's `LlamaGenVQVAE` (also FlexVAR's
-tokenizer, which quantises each scale's area-downsampled latent with it) or VAR's multi-scale residual `VARVQVAE`.
+tokenizer, which quantises each scale's area-downsampled latent with it), VAR's multi-scale residual `VARVQVAE`, or
+Prologue's `PrologueTokenizer` with its joint AR prior (phase 1; `st_ar_hf.training.prologue`).
 
     accelerate launch training/train_tokenizer.py --config training/configs/tokenizer_default.yaml
     accelerate launch training/train_tokenizer.py --config training/configs/vq16.yaml --dataset ILSVRC/imagenet-1k \
@@ -8,7 +9,9 @@ tokenizer, which quantises each scale's area-downsampled latent with it) or VAR'
 
 LlamaGen's objective: reconstruction (L2 or L1) + perceptual (LPIPS-VGG, when its weights are given) + codebook +
 commitment (+ entropy) + disc_weight * hinge generator loss from `disc_start` on, with a PatchGAN discriminator
-trained by its own Adam; Adam (0.9, 0.95) for the tokenizer, optional EMA. Writes `checkpoint-<step>` folders,
+trained by its own Adam; Adam (0.9, 0.95) for the tokenizer, optional EMA. Prologue adds the prior's CE (sub-step A,
+its weights constant) and the prior's own AdamW step on the detached codes (sub-step B, beside the discriminator's);
+its prologue code usage per position is logged and the prior exported to `<output_dir>/prior`. Writes `checkpoint-<step>` folders,
 reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook usage, and the tokenizer in
 `<output_dir>/vqvae`, which `train.py`, `extract_codes.py` and `STARPipeline` accept.
 """
@@ -29,8 +32,9 @@ from tqdm.auto import tqdm
 
 from transformers import AutoModel
 
-from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig, VARVQVAE, VARVQVAEConfig
+from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig, PrologueTokenizer, PrologueTokenizerConfig, VARVQVAE, VARVQVAEConfig
 from st_ar_hf.models.llamagen import LLAMAGEN_VQ_PRESETS
+from st_ar_hf.models.prologue import PROLOGUE_TOKENIZER_PRESETS
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.metrics import psnr, ssim
 from st_ar_hf.model_cards import tokenizer_model_card
@@ -41,9 +45,10 @@ from st_ar_hf.training.data import (
     to_pixel_values,
 )
 from st_ar_hf.training.losses import update_ema
+from st_ar_hf.training.prologue import ProloguePriorObjective, build_prior, prologue_code_stats
 from st_ar_hf.training.loop import make_accelerator
 from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
-from st_ar_hf.training.vq_losses import LPIPS, PatchGANDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from st_ar_hf.training.vq_losses import GAN_LOSSES, LPIPS, PatchGANDiscriminator
 
 logger = get_logger(__name__)
 
@@ -68,6 +73,8 @@ def build_model(args: TokenizerTrainingArguments):
         return LlamaGenVQVAE(LlamaGenVQVAEConfig(**{"ch_mult": LLAMAGEN_VQ_PRESETS[args.model], **(args.model_config or {})}))
     if args.model == "var-vqvae":
         return VARVQVAE(VARVQVAEConfig(**(args.model_config or {})))
+    if args.model in PROLOGUE_TOKENIZER_PRESETS:
+        return PrologueTokenizer(PrologueTokenizerConfig.from_preset(args.model, **(args.model_config or {})))
     return AutoModel.from_pretrained(args.model, **(args.model_config or {}))
 
 
@@ -75,7 +82,8 @@ def quantizer_terms(out) -> dict[str, torch.Tensor]:
     """LlamaGen's codebook, commitment and entropy terms, or VAR's VQ loss (both terms, averaged over the scales)."""
     if hasattr(out, "vq_loss"):
         return {"vq": out.vq_loss}
-    return {"codebook": out.codebook_loss, "commitment": out.commitment_loss, "entropy": out.entropy_loss}
+    terms = {"codebook": out.codebook_loss, "commitment": out.commitment_loss}
+    return terms | ({"entropy": out.entropy_loss} if hasattr(out, "entropy_loss") else {})
 
 
 def used_codes(out) -> torch.LongTensor:
@@ -148,7 +156,23 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
                                           betas=(args.adam_beta1, args.adam_beta2))
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
-    state = TrainingState(vars(args), **({"ema": ema} if ema is not None else {}))
+    generator_loss, discriminator_loss = GAN_LOSSES[args.disc_loss]
+    prior = prior_ema = None
+    if args.uses_prior:  # Prologue's joint prior, its AdamW (weight decay on matrices) and EMA
+        prior = build_prior(accelerator.unwrap_model(vqvae).config, args.prior_model, args.prior_config).train()
+        if args.prior_ema_decay is not None:
+            prior_ema = copy.deepcopy(prior).to(accelerator.device).eval().requires_grad_(False)
+        prior_optimizer = torch.optim.AdamW(
+            [{"params": [p for p in prior.parameters() if p.ndim >= 2], "weight_decay": args.prior_weight_decay},
+             {"params": [p for p in prior.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+            lr=args.prior_learning_rate, betas=(args.adam_beta1, args.prior_adam_beta2))
+        prior, prior_optimizer = accelerator.prepare(prior, prior_optimizer)
+        prior_objective = ProloguePriorObjective(args.prior_prologue_weight, args.prior_visual_weight,
+                                                 args.prior_visual_dropout)
+        prologue_counts = torch.zeros(accelerator.unwrap_model(prior).config.num_prologue_tokens,
+                                      accelerator.unwrap_model(prior).config.prologue_vocab_size)
+    state = TrainingState(vars(args), **({"ema": ema} if ema is not None else {}),
+                          **({"prior_ema": prior_ema} if prior_ema is not None else {}))
     resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream, args.RESUME_FIXED)
     if accelerator.is_main_process:
         accelerator.init_trackers("st-ar-tokenizer", config={k: v for k, v in vars(args).items() if not isinstance(v, dict)})
@@ -178,7 +202,10 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 if perceptual is not None:
                     terms["perceptual"] = args.perceptual_weight * perceptual(reconstruction, pixel_values).mean()
                 if adversarial:
-                    terms["generator_adversarial"] = args.disc_weight * hinge_generator_loss(discriminator(reconstruction))
+                    terms["generator_adversarial"] = args.disc_weight * generator_loss(discriminator(reconstruction))
+                if prior is not None:  # sub-step A: the prior's CE reaches the encoder through the prologue one-hot
+                    terms |= prior_objective.encoder_terms(accelerator.unwrap_model(prior), out.prologue_indices,
+                                                           out.indices, out.prologue_one_hot)
                 terms["loss"] = sum(terms.values())
                 accelerator.backward(terms["loss"])
             if adversarial:  # the discriminator's own step on real images and detached reconstructions
@@ -186,8 +213,15 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 with accelerator.autocast():
                     logits = discriminator(torch.cat([pixel_values, reconstruction.detach()]))
                     real_logits, fake_logits = logits.chunk(2)
-                    terms["discriminator"] = args.disc_weight * hinge_discriminator_loss(real_logits, fake_logits)
+                    terms["discriminator"] = args.disc_weight * discriminator_loss(real_logits, fake_logits)
                 accelerator.backward(terms["discriminator"])
+            if prior is not None:  # sub-step B: the prior learns the detached codes
+                with accelerator.autocast():
+                    terms |= prior_objective.prior_terms(prior, out.prologue_indices, out.indices)
+                accelerator.backward(terms["prior"])
+                positions = torch.arange(out.prologue_indices.shape[1]).expand_as(out.prologue_indices.cpu())
+                prologue_counts.index_put_((positions.flatten(), out.prologue_indices.cpu().flatten()),
+                                           torch.ones(out.prologue_indices.numel()), accumulate=True)
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
             code_counts += torch.bincount(used_codes(out).cpu(), minlength=codebook_size)
@@ -200,6 +234,12 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
             accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
             disc_optimizer.step()
             disc_optimizer.zero_grad(set_to_none=True)
+        if prior is not None:
+            accelerator.clip_grad_norm_(prior.parameters(), args.max_grad_norm)
+            prior_optimizer.step()
+            prior_optimizer.zero_grad(set_to_none=True)
+            if prior_ema is not None:
+                update_ema(prior_ema, prior, args.prior_ema_decay)
         if ema is not None:
             update_ema(ema, vqvae, args.ema_decay)
         state.global_step += 1
@@ -218,6 +258,9 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 "throughput/images_per_s": images_seen * accelerator.num_processes / (time.perf_counter() - step_start),
                 "data/skipped_images": stream.counts["skipped"], "data/upscaled_images": stream.counts["upscaled"],
             })
+            if prior is not None:
+                logs.update(prologue_code_stats(accelerator.reduce(prologue_counts.to(accelerator.device), "sum").cpu()))
+                prologue_counts.zero_()
             if eval_pixels is not None and (step % args.eval_steps == 0 or step == args.max_train_steps):
                 logs.update(evaluate((ema or accelerator.unwrap_model(vqvae)).eval(), eval_pixels, args.train_batch_size))
                 vqvae.train()
@@ -251,6 +294,8 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
+        if prior is not None:  # the joint prior (Prologue-OneStage samples with it); its EMA when kept
+            (prior_ema or accelerator.unwrap_model(prior)).save_pretrained(output_dir / "prior")
         if args.push_to_hub:
             uploader = BackgroundUploader(repo_id, args.hub_private_repo, args.upload_retries)
             uploader.upload(final, commit_message=f"tokenizer of {args.output_dir}")

@@ -263,8 +263,10 @@ class ARTrainingArguments(RunArguments):
     def self_guided(self) -> bool:
         return self.mim_weight > 0 or self.step_weight > 0 or self.view_weight > 0
 
-    def check_model(self, config) -> None:
-        """Settings that depend on the model: fails before training with the setting's name."""
+    def check_model(self, config, vqvae_config) -> None:
+        """Settings that depend on the model and its tokenizer: fails before training with the setting's name."""
+        if vqvae_config.model_type == "prologue_tokenizer" and self.image_size != vqvae_config.image_size:
+            raise ValueError(f"--image_size {self.image_size} differs from the Prologue tokenizer's {vqvae_config.image_size}")
         layer = self.contrastive_layer
         if layer is not None and not 1 <= layer <= config.num_hidden_layers:
             raise ValueError(f"--contrastive_layer {layer} is outside the model's layers 1..{config.num_hidden_layers}")
@@ -406,8 +408,10 @@ class TokenizerTrainingArguments(RunArguments):
 
     model: str = field(default="VQ-16", metadata={
         "help": "a LlamaGen preset (VQ-16, VQ-8; FlexVAR's tokenizer is one), var-vqvae (VAR's residual multi-scale "
-                "VQVAE) or a pretrained tokenizer folder"})
-    model_config: dict | None = field(default=None, metadata={"help": "LlamaGenVQVAEConfig / VARVQVAEConfig overrides, as JSON"})
+                "VQVAE), a Prologue preset (prologue-b, prologue-l; num_prologue_tokens 0 in --model_config is the "
+                "2D tokenizer) or a pretrained tokenizer folder"})
+    model_config: dict | None = field(default=None, metadata={
+        "help": "LlamaGenVQVAEConfig / VARVQVAEConfig / PrologueTokenizerConfig overrides, as JSON"})
     reconstruction_loss: str = field(default="l2", metadata={"help": "l2 or l1"})
     reconstruction_weight: float = 1.0
     min_crop_fraction: float = field(default=0.8, metadata={"help": "random crops cover this to 1.0 of the short side"})
@@ -425,6 +429,18 @@ class TokenizerTrainingArguments(RunArguments):
     disc_learning_rate: float | None = field(default=None, metadata={"help": "default: --learning_rate"})
     disc_layers: int = 3
     disc_base_channels: int = 64
+    disc_loss: str = field(default="hinge", metadata={"help": "hinge (LlamaGen) or vanilla (non-saturating, Prologue)"})
+    # Prologue's joint phase: an AR prior whose CE trains the prologue tokens (weights > 0 turn it on)
+    prior_prologue_weight: float = field(default=0.0, metadata={"help": "weight of the prologue + EOS CE (official 3.0)"})
+    prior_visual_weight: float = field(default=0.0, metadata={"help": "weight of the visual CE (official 3.0)"})
+    prior_visual_dropout: float = field(default=0.5, metadata={"help": "share of samples whose visual inputs become EOS"})
+    prior_model: str = field(default="S", metadata={"help": "the prior's PrologueConfig preset"})
+    prior_config: dict | None = field(default=None, metadata={"help": "PrologueConfig overrides (train.sh: 7 layers)"})
+    prior_learning_rate: float = 1e-4
+    prior_adam_beta2: float = 0.99
+    prior_weight_decay: float = 0.03
+    prior_ema_decay: float | None = field(default=None, metadata={"help": "EMA of the prior (official half-life 2500 "
+                                                                        "steps: 0.99972)"})
     # EMA of the tokenizer weights, exported instead of the raw ones when set (LlamaGen: 0.9999, off by default)
     ema_decay: float | None = None
     # held-out evaluation: PSNR, SSIM and codebook usage
@@ -440,8 +456,17 @@ class TokenizerTrainingArguments(RunArguments):
             raise ValueError(f"--min_crop_fraction must lie in (0, 1], got {self.min_crop_fraction}")
         if (self.perceptual_vgg16 is None) != (self.perceptual_lpips is None):
             raise ValueError("give both --perceptual_vgg16 and --perceptual_lpips, or neither")
-        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema_decay must lie in [0, 1), got {self.ema_decay}")
+        for name in ("ema_decay", "prior_ema_decay"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.disc_loss not in ("hinge", "vanilla"):
+            raise ValueError(f"--disc_loss must be hinge or vanilla, got {self.disc_loss!r}")
+        if min(self.prior_prologue_weight, self.prior_visual_weight) < 0 or not 0 <= self.prior_visual_dropout < 1:
+            raise ValueError("--prior_prologue_weight and --prior_visual_weight must be >= 0 and --prior_visual_dropout "
+                             f"in [0, 1), got {self.prior_prologue_weight}, {self.prior_visual_weight}, "
+                             f"{self.prior_visual_dropout}")
+        if self.uses_prior and self.gradient_accumulation_steps > 1:
+            raise ValueError("the prior steps once per batch: use --gradient_accumulation_steps 1 with it")
         if self.uses_discriminator and self.gradient_accumulation_steps > 1:
             raise ValueError("the discriminator steps once per batch: use --gradient_accumulation_steps 1 with it")
         if self.disc_start < self.max_train_steps and self.image_size < 2 ** (self.disc_layers + 2):
@@ -452,7 +477,19 @@ class TokenizerTrainingArguments(RunArguments):
     def uses_discriminator(self) -> bool:
         return self.disc_start < self.max_train_steps and self.disc_weight > 0
 
+    @property
+    def uses_prior(self) -> bool:
+        return self.prior_prologue_weight > 0 or self.prior_visual_weight > 0
+
     def check_model(self, config) -> None:
+        prologue = config.model_type == "prologue_tokenizer"
+        if self.uses_prior and not (prologue and config.num_prologue_tokens):
+            raise ValueError("--prior_prologue_weight / --prior_visual_weight: a prior loss needs a tokenizer with a "
+                             f"prologue quantiser, got a {config.model_type} with "
+                             f"{getattr(config, 'num_prologue_tokens', 0)} prologue tokens")
+        if prologue and config.image_size != self.image_size:
+            raise ValueError(f"--image_size {self.image_size} differs from the tokenizer's {config.image_size} (its "
+                             f"positions are fixed): set image_size in --model_config too")
         factor = config.downsample_factor
         if self.image_size % factor:
             raise ValueError(f"--image_size {self.image_size} is not divisible by the downsampling factor {factor} of "
@@ -466,7 +503,9 @@ class TokenizerTrainingArguments(RunArguments):
 class ExtractCodesArguments(HubArguments, DataArguments):
     """LlamaGen's pre-tokenisation: the ten crops (or centre crop and its flip) of every image, encoded by a VQ."""
 
-    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE folder or Hub id (required)"})
+    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE or PrologueTokenizer folder or Hub id "
+                                                             "(required); a Prologue tokenizer writes AR sequences "
+                                                             "[prologue] [EOS] [visual]"})
     output_dir: str = "codes"
     crop_range: float = field(default=1.1, metadata={"help": "centre crop to crop_range * image_size first"})
     ten_crop: bool = field(default=True, metadata={"help": "ten crops; false: the centre crop and its flip"})

@@ -114,10 +114,9 @@ class STARObjective(nn.Module):
         if self.weights["mim"] > 0:
             bias = random_key_mask(input_ids.shape[0], seq_len - 1 + config.cls_token_num, self.mask_ratio,
                                    config.cls_token_num, dtype=torch.float32, device=tokens.device)
-        out = student(input_ids=input_ids[:, :-1], class_labels=labels, attention_bias=bias,
+        out = student(input_ids=input_ids[:, :-1], class_labels=labels, labels=input_ids, attention_bias=bias,
                       output_hidden_states=self.uses_teacher)
-        logits = out.logits[:, start:]  # [B*V, T, vocab]
-        terms = {"ar": F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids.reshape(-1))}
+        terms = {"ar": out.loss}  # the family's next-token cross-entropy (Prologue's: of the unmasked logits)
         if self.uses_teacher:
             terms.update(self._self_guidance_terms(out.hidden_states, teacher, input_ids, labels, start,
                                                    (batch_size, num_views), gather, image_offset))

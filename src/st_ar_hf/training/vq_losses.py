@@ -51,6 +51,20 @@ def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+def vanilla_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """0.5 * (mean softplus(-D(real)) + mean softplus(D(fake))): the non-saturating GAN's (Prologue's "vanilla")."""
+    return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
+
+
+def vanilla_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """mean softplus(-D(fake))."""
+    return F.softplus(-fake_logits).mean()
+
+
+GAN_LOSSES = {"hinge": (hinge_generator_loss, hinge_discriminator_loss),
+              "vanilla": (vanilla_generator_loss, vanilla_discriminator_loss)}
+
+
 VGG16_CHANNELS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]  # conv blocks
 
 

@@ -221,6 +221,11 @@ class PrologueConfig(PreTrainedConfig):
         return math.isqrt(self.num_visual_tokens)
 
     @property
+    def cls_token_num(self) -> int:
+        """Positions before the first sequence token: the class BOS (the name LlamaGen's config uses)."""
+        return 1
+
+    @property
     def has_eos(self) -> bool:
         return self.num_prologue_tokens > 0
 
@@ -241,6 +246,11 @@ class PrologueConfig(PreTrainedConfig):
     def sequence_length(self) -> int:
         """Tokens after the class BOS: prologue, EOS, visual."""
         return self.num_prologue_tokens + int(self.has_eos) + self.num_visual_tokens
+
+    @property
+    def block_size(self) -> int:
+        """The tokens the AR models, `sequence_length` (LlamaGen's name, which the training library reads)."""
+        return self.sequence_length
 
     @property
     def null_class_id(self) -> int:

@@ -116,7 +116,7 @@ class PrologueForImageGeneration(PreTrainedModel):
         prologue = prologue_one_hot.to(rows.dtype) @ rows
         return torch.cat([prologue, embeddings[:, config.num_prologue_tokens :]], dim=1)
 
-    def _check_inputs(self, input_ids, class_labels, prologue_one_hot, labels, past_length, seq_len):
+    def _check_inputs(self, input_ids, class_labels, prologue_one_hot, labels, attention_bias, past_length, seq_len):
         config = self.config
         if input_ids is not None:
             if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
@@ -145,6 +145,10 @@ class PrologueForImageGeneration(PreTrainedModel):
                 raise ValueError(f"prologue_one_hot must be [B, {expected[0]}, {expected[1]}] with class_labels and at "
                                  f"least {expected[0]} input_ids from the sequence start, got "
                                  f"{tuple(prologue_one_hot.shape)}")
+        if attention_bias is not None and (past_length or not attention_bias.is_floating_point()
+                                           or attention_bias.shape[-2:] != (seq_len, seq_len)):
+            raise ValueError(f"attention_bias must be an additive float tensor [B, 1, {seq_len}, {seq_len}] over an "
+                             f"uncached sequence, got {attention_bias.dtype} {tuple(attention_bias.shape)}")
         if labels is not None and (labels.ndim != 2 or labels.dtype != torch.int64 or input_ids is None
                                    or class_labels is None or labels.shape[1] > input_ids.shape[1] + 1):
             raise ValueError(f"labels must be an int64 tensor [B, L] with class_labels and at least L - 1 input_ids, "
@@ -156,11 +160,14 @@ class PrologueForImageGeneration(PreTrainedModel):
         class_labels: torch.LongTensor | None = None,
         prologue_one_hot: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        attention_bias: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool = False,
         cache_position: torch.LongTensor | None = None,
+        output_hidden_states: bool = False,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
+        loss_reduction: str = "mean",
     ) -> CausalLMOutputWithPast:
         r"""
         Args:
@@ -169,9 +176,13 @@ class PrologueForImageGeneration(PreTrainedModel):
                 prepended. Leave it out to continue a cached sequence.
             prologue_one_hot: [B, P, prologue_vocab_size] one-hots (e.g. the tokenizer's straight-through ones) whose
                 products with the prologue embedding rows replace the embeddings of the first P input tokens.
-            labels: [B, L] sequence tokens; the mean cross-entropy of the unmasked `logits[:, :L]`.
+            labels: [B, L] sequence tokens; the cross-entropy of the unmasked `logits[:, :L]`, averaged
+                (`loss_reduction="mean"`) or per token [B, L] ("none").
+            attention_bias: additive float bias [B, 1, T', T'] added to the causal mask of an uncached sequence
+                (ST-AR's masked attention); keep each query's own position open.
             past_key_values / use_cache: a transformers `Cache` to read and extend.
             cache_position: [T'] input positions of the new embeddings; derived from the cache length when omitted.
+            output_hidden_states: also return the embeddings and every layer's output, each [B, T', hidden].
             logits_to_keep: logits of the last `logits_to_keep` positions only (0: all).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -179,7 +190,9 @@ class PrologueForImageGeneration(PreTrainedModel):
             past_key_values = DynamicCache()
         past_length = past_key_values.get_seq_length() if past_key_values is not None and cache_position is None else 0
         seq_len = (0 if input_ids is None else input_ids.shape[1]) + (0 if class_labels is None else 1)
-        self._check_inputs(input_ids, class_labels, prologue_one_hot, labels, past_length, seq_len)
+        self._check_inputs(input_ids, class_labels, prologue_one_hot, labels, attention_bias, past_length, seq_len)
+        if loss_reduction not in ("mean", "none"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'none', got {loss_reduction!r}")
 
         embeddings = [] if class_labels is None else [self.embed_class_labels(class_labels)]
         if input_ids is not None:
@@ -188,17 +201,25 @@ class PrologueForImageGeneration(PreTrainedModel):
         if cache_position is None:
             cache_position = torch.arange(past_length, past_length + seq_len, device=hidden_states.device)
         rotary = self.rotary_emb(cache_position)
+        mask = None
+        if attention_bias is not None:
+            causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).tril()
+            mask = torch.zeros(causal.shape, device=hidden_states.device).masked_fill(~causal, float("-inf"))
+            mask = mask + attention_bias.to(mask.dtype)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, rotary, True, past_key_values, cache_position)
+            hidden_states = layer(hidden_states, rotary, True, past_key_values, cache_position, mask)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
         hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(self.norm(hidden_states)).float()  # [B, T' or logits_to_keep, V]
 
         loss = None
         if labels is not None:
             predicted = logits[:, : labels.shape[1]]
-            loss = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1))
+            loss = F.cross_entropy(predicted.transpose(1, 2), labels, reduction=loss_reduction)  # mean or [B, L]
         logits = logits + logit_mask(self.config, cache_position[-logits.shape[1] :])
-        output = CausalLMOutputWithPast(loss, logits, past_key_values)
+        output = CausalLMOutputWithPast(loss, logits, past_key_values, all_hidden_states)
         return output if return_dict else output.to_tuple()
 
 

@@ -162,11 +162,12 @@ class PrologueAttention(nn.Module):
         self.o_proj = PrologueLinear(hidden_size, hidden_size, bias=out_bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None):
+    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None, attention_mask=None):
+        """`attention_mask`: an additive float mask [B or 1, 1, T, S] that replaces the causal one (no cache)."""
         batch, length, _ = x.shape
         q, k, v = self.qkv_proj(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
         q, k = apply_rope(self.q_norm(q), *rotary), apply_rope(self.k_norm(k), *rotary)
-        mask = None
+        mask = attention_mask
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # [B, H, S, D], S the cache's slots
             if length == 1 and x.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -174,7 +175,8 @@ class PrologueAttention(nn.Module):
                 k, v = k[:, :, :filled], v[:, :, :filled]
             else:  # query i sees the slots up to its own position
                 mask = torch.arange(k.shape[2], device=x.device)[None, :] <= cache_position[:, None]  # [T, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and past_key_values is None)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None
+                                             and past_key_values is None)
         return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)))
 
 
@@ -207,8 +209,9 @@ class PrologueBlock(nn.Module):
         self.mlp = PrologueMLP(hidden_size, intermediate_size, bias, dropout)
         self.mlp_gate = nn.Parameter(torch.ones(hidden_size))
 
-    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None):
-        x = x + self.attn_gate * self.attn(self.attn_norm(x), rotary, is_causal, past_key_values, cache_position)
+    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None, attention_mask=None):
+        x = x + self.attn_gate * self.attn(self.attn_norm(x), rotary, is_causal, past_key_values, cache_position,
+                                           attention_mask)
         return x + self.mlp_gate * self.mlp(self.mlp_norm(x))
 
 
