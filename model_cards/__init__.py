@@ -202,11 +202,12 @@ def tokenizer_model_card(model, training: dict | None = None, evaluation: list[E
                          repo_id: str | None = None, base_model: str | list[str] | None = None) -> ModelCard:
     """Card of a VQ tokenizer; `training` (steps and arguments of `training/train_tokenizer.py`) adds a training
     section and the data sets; `evaluation`, `repo_id` and `base_model` as for `pipeline_model_card`."""
-    var = model.config.model_type == "var_vqvae"
+    family, title = {"var_vqvae": ("var", "VAR multi-scale residual VQVAE"),
+                     "prologue_tokenizer": ("prologue", "Prologue image tokenizer")}.get(
+        model.config.model_type, ("llamagen", "LlamaGen VQ image tokenizer"))
     return _trained_model_card(
-        "llamagen_tokenizer.md", "transformers", RECONSTRUCTION_TASK, ["var" if var else "llamagen", *_TOKENIZER_TAGS],
-        "VAR multi-scale residual VQVAE" if var else "LlamaGen VQ image tokenizer", training, evaluation, repo_id,
-        base_model,
+        "llamagen_tokenizer.md", "transformers", RECONSTRUCTION_TASK, [family, *_TOKENIZER_TAGS], title, training,
+        evaluation, repo_id, base_model,
         model_class=type(model).__name__,
         num_parameters=f"{model.num_parameters():,}",
         config=model.config,

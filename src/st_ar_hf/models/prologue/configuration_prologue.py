@@ -258,11 +258,11 @@ class PrologueConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, size: str, **kwargs) -> "PrologueConfig":
-        """`size` is one of `PROLOGUE_PRESETS` ("S", "B", "L", "XL")."""
+        """`size` is one of `PROLOGUE_PRESETS` ("S", "B", "L", "XL"); `kwargs` override any field, the shape too."""
         if size not in PROLOGUE_PRESETS:
             raise ValueError(f"size must be one of {sorted(PROLOGUE_PRESETS)}, got {size!r}")
         layers, heads, hidden = PROLOGUE_PRESETS[size]
-        return cls(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden, **kwargs)
+        return cls(**{"num_hidden_layers": layers, "num_attention_heads": heads, "hidden_size": hidden, **kwargs})
 
 
 __all__ = ["PROLOGUE_PRESETS", "PROLOGUE_SAMPLING", "PROLOGUE_TOKENIZER_PRESETS", "PrologueConfig",
