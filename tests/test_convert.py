@@ -111,13 +111,12 @@ def test_cli_writes_loadable_directories_with_cards(tmp_path):
     torch.save({"model": tiny_gpt_state_dict()}, tmp_path / "c2i.pt")
     vq_shapes = llamagen_vq_shapes(ch_mult=(1, 2), ch=32, num_res_blocks=1, z=32, codebook=(64, 4))
     torch.save({"model": random_state_dict(vq_shapes)}, tmp_path / "vq.pt")
-    run = [sys.executable, "-m", "st_ar_hf.cli", "convert"]
-    gpt = subprocess.run(run + ["llamagen-gpt", "--checkpoint", str(tmp_path / "c2i.pt"), "--num-attention-heads", "4",
-                                "--block-size", "16", "--output", str(tmp_path / "gpt")], capture_output=True, text=True)
-    assert gpt.returncode == 0, gpt.stderr
-    vq = subprocess.run(run + ["llamagen-vq", "--checkpoint", str(tmp_path / "vq.pt"), "--output", str(tmp_path / "vq")],
-                        capture_output=True, text=True)
-    assert vq.returncode == 0, vq.stderr
+    from st_ar_hf.cli import main as cli_main
+
+    assert cli_main(["convert", "llamagen-gpt", "--checkpoint", str(tmp_path / "c2i.pt"), "--num-attention-heads", "4",
+                     "--block-size", "16", "--output", str(tmp_path / "gpt")]) == 0
+    assert cli_main(["convert", "llamagen-vq", "--checkpoint", str(tmp_path / "vq.pt"), "--output", str(tmp_path / "vq")]) == 0
+    run = [sys.executable, "-m", "st_ar_hf.cli", "convert"]  # the installed entry point, for the error path
     for name in ("gpt", "vq"):
         assert {p.name for p in (tmp_path / name).iterdir()} >= {"config.json", "model.safetensors", "README.md"}
     card = (tmp_path / "gpt" / "README.md").read_text()

@@ -190,14 +190,13 @@ def test_cli_sample_writes_a_grid_and_reports_bad_labels(pipe, tmp_path):
     import subprocess
     import sys
 
+    from st_ar_hf.cli import main as cli_main
+
     pipe.save_pretrained(tmp_path / "pipe")
     run = [sys.executable, "-m", "st_ar_hf.cli", "sample", "--model", str(tmp_path / "pipe"), "--guidance-scale", "2.0"]
-    by_id = subprocess.run(run + ["--labels", "2", "7", "--num-images-per-label", "2", "--out", str(tmp_path / "a.png")],
-                           capture_output=True, text=True)
-    assert by_id.returncode == 0, by_id.stderr[-2000:]
-    by_name = subprocess.run(run + ["--labels", "Golden Retriever", "pizza", "--num-images-per-label", "2",
-                                    "--out", str(tmp_path / "b.png")], capture_output=True, text=True)
-    assert by_name.returncode == 0, by_name.stderr[-2000:]
+    assert cli_main(run[3:] + ["--labels", "2", "7", "--num-images-per-label", "2", "--out", str(tmp_path / "a.png")]) == 0
+    assert cli_main(run[3:] + ["--labels", "Golden Retriever", "pizza", "--num-images-per-label", "2",
+                               "--out", str(tmp_path / "b.png")]) == 0
     grid = PIL.Image.open(tmp_path / "a.png")
     assert grid.size == (2 * 8, 2 * 8)  # a row per label, a column per image
     assert np.array_equal(np.asarray(grid), np.asarray(PIL.Image.open(tmp_path / "b.png")))
