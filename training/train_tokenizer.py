@@ -8,12 +8,12 @@ Prologue's `PrologueTokenizer` with its joint AR prior (phase 1; `st_ar_hf.train
         --output_dir runs/vq16 --perceptual_vgg16 vgg16.pth --perceptual_lpips vgg.pth
 
 LlamaGen's objective: reconstruction (L2 or L1) + perceptual (LPIPS-VGG, when its weights are given) + codebook +
-commitment (+ entropy) + disc_weight * hinge generator loss from `disc_start` on, with a PatchGAN discriminator
-trained by its own Adam; Adam (0.9, 0.95) for the tokenizer, optional EMA. Prologue adds the prior's CE (sub-step A,
-its weights constant) and the prior's own AdamW step on the detached codes (sub-step B, beside the discriminator's);
-its prologue code usage per position is logged and the prior exported to `<output_dir>/prior`. Writes `checkpoint-<step>` folders,
-reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook usage, and the tokenizer in
-`<output_dir>/vqvae`, which `train.py`, `extract_codes.py` and `STARPipeline` accept.
+commitment (+ entropy) + disc_weight * hinge (or vanilla) generator loss from `disc_start` on, with a PatchGAN
+discriminator trained by its own Adam; Adam (0.9, 0.95) for the tokenizer, optional EMA. Prologue adds the prior's
+CE (sub-step A, its weights constant) and the prior's own AdamW step on the detached codes (sub-step B, beside the
+discriminator's); the prologue's code usage per position is logged and the prior exported to `<output_dir>/prior`.
+Writes `checkpoint-<step>` folders, reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook
+usage, and the tokenizer in `<output_dir>/vqvae`, which `train.py`, `extract_codes.py` and `STARPipeline` accept.
 """
 
 import copy
@@ -32,7 +32,9 @@ from tqdm.auto import tqdm
 
 from transformers import AutoModel
 
-from st_ar_hf import LlamaGenVQVAE, LlamaGenVQVAEConfig, PrologueTokenizer, PrologueTokenizerConfig, VARVQVAE, VARVQVAEConfig
+from st_ar_hf import (
+    LlamaGenVQVAE, LlamaGenVQVAEConfig, PrologueTokenizer, PrologueTokenizerConfig, VARVQVAE, VARVQVAEConfig,
+)
 from st_ar_hf.models.llamagen import LLAMAGEN_VQ_PRESETS
 from st_ar_hf.models.prologue import PROLOGUE_TOKENIZER_PRESETS
 from st_ar_hf.hub import BackgroundUploader
@@ -45,7 +47,7 @@ from st_ar_hf.training.data import (
     to_pixel_values,
 )
 from st_ar_hf.training.losses import update_ema
-from st_ar_hf.training.prologue import ProloguePriorObjective, build_prior, prologue_code_stats
+from st_ar_hf.training.prologue import PrologueCodeCounts, ProloguePriorObjective, make_prior
 from st_ar_hf.training.loop import make_accelerator
 from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
 from st_ar_hf.training.vq_losses import GAN_LOSSES, LPIPS, PatchGANDiscriminator
@@ -158,19 +160,12 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
     generator_loss, discriminator_loss = GAN_LOSSES[args.disc_loss]
     prior = prior_ema = None
-    if args.uses_prior:  # Prologue's joint prior, its AdamW (weight decay on matrices) and EMA
-        prior = build_prior(accelerator.unwrap_model(vqvae).config, args.prior_model, args.prior_config).train()
-        if args.prior_ema_decay is not None:
-            prior_ema = copy.deepcopy(prior).to(accelerator.device).eval().requires_grad_(False)
-        prior_optimizer = torch.optim.AdamW(
-            [{"params": [p for p in prior.parameters() if p.ndim >= 2], "weight_decay": args.prior_weight_decay},
-             {"params": [p for p in prior.parameters() if p.ndim < 2], "weight_decay": 0.0}],
-            lr=args.prior_learning_rate, betas=(args.adam_beta1, args.prior_adam_beta2))
-        prior, prior_optimizer = accelerator.prepare(prior, prior_optimizer)
+    if args.uses_prior:  # Prologue's joint prior, its AdamW and EMA, the objective, the prologue's code counts
+        tokenizer_config = accelerator.unwrap_model(vqvae).config
+        prior, prior_optimizer, prior_ema = make_prior(args, accelerator, tokenizer_config)
         prior_objective = ProloguePriorObjective(args.prior_prologue_weight, args.prior_visual_weight,
                                                  args.prior_visual_dropout)
-        prologue_counts = torch.zeros(accelerator.unwrap_model(prior).config.num_prologue_tokens,
-                                      accelerator.unwrap_model(prior).config.prologue_vocab_size)
+        prologue_counts = PrologueCodeCounts(tokenizer_config.num_prologue_tokens, tokenizer_config.prologue_codebook_size)
     state = TrainingState(vars(args), **({"ema": ema} if ema is not None else {}),
                           **({"prior_ema": prior_ema} if prior_ema is not None else {}))
     resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream, args.RESUME_FIXED)
@@ -219,9 +214,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 with accelerator.autocast():
                     terms |= prior_objective.prior_terms(prior, out.prologue_indices, out.indices)
                 accelerator.backward(terms["prior"])
-                positions = torch.arange(out.prologue_indices.shape[1]).expand_as(out.prologue_indices.cpu())
-                prologue_counts.index_put_((positions.flatten(), out.prologue_indices.cpu().flatten()),
-                                           torch.ones(out.prologue_indices.numel()), accumulate=True)
+                prologue_counts.add(out.prologue_indices)
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
             code_counts += torch.bincount(used_codes(out).cpu(), minlength=codebook_size)
@@ -259,8 +252,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 "data/skipped_images": stream.counts["skipped"], "data/upscaled_images": stream.counts["upscaled"],
             })
             if prior is not None:
-                logs.update(prologue_code_stats(accelerator.reduce(prologue_counts.to(accelerator.device), "sum").cpu()))
-                prologue_counts.zero_()
+                logs.update(prologue_counts.logs(accelerator))
             if eval_pixels is not None and (step % args.eval_steps == 0 or step == args.max_train_steps):
                 logs.update(evaluate((ema or accelerator.unwrap_model(vqvae)).eval(), eval_pixels, args.train_batch_size))
                 vqvae.train()

@@ -11,6 +11,8 @@ In both, `visual_dropout` of the samples see EOS in place of their visual inputs
 information into the prologue. The phase-1 prior is unconditional (the null class as BOS).
 """
 
+import copy
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -89,12 +91,42 @@ def build_prior(tokenizer_config, size: str = "S", overrides: dict | None = None
     return PrologueForImageGeneration(config)
 
 
-def prologue_code_stats(counts: torch.Tensor) -> dict[str, float]:
-    """Code counts [P, K] of each prologue position over a window -> the mean share of the codebook each position uses
-    and the mean entropy (nats) of its codes."""
-    probabilities = counts / counts.sum(1, keepdim=True).clamp(min=1)
-    return {"prologue/position_usage": (counts > 0).float().mean().item(),
-            "prologue/position_entropy": torch.special.entr(probabilities).sum(1).mean().item()}
+def make_prior(args, accelerator, tokenizer_config):
+    """`train_tokenizer.py`'s prior: built by `build_prior` from `--prior_model` / `--prior_config`, its EMA copy when
+    `--prior_ema_decay` is set (else None), and its AdamW (betas (adam_beta1, prior_adam_beta2), weight decay on the
+    matrices only), prepared: (prior, optimizer, ema)."""
+    prior = build_prior(tokenizer_config, args.prior_model, args.prior_config).train()
+    ema = None
+    if args.prior_ema_decay is not None:
+        ema = copy.deepcopy(prior).to(accelerator.device).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in prior.parameters() if p.ndim >= 2], "weight_decay": args.prior_weight_decay},
+         {"params": [p for p in prior.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+        lr=args.prior_learning_rate, betas=(args.adam_beta1, args.prior_adam_beta2))
+    prior, optimizer = accelerator.prepare(prior, optimizer)
+    return prior, optimizer, ema
 
 
-__all__ = ["ProloguePriorObjective", "build_prior", "drop_visual_inputs", "prior_sequence", "prologue_code_stats"]
+class PrologueCodeCounts:
+    """Counts of each prologue position's codes over a log window: `add(prologue_indices [B, P])`, then `logs`: the
+    mean share of the codebook each position uses and the mean entropy (nats) of its codes, summed over processes
+    (a collective); a collapsing prologue shows there first."""
+
+    def __init__(self, num_positions: int, codebook_size: int):
+        self.counts = torch.zeros(num_positions, codebook_size)
+
+    def add(self, prologue_indices: torch.LongTensor) -> None:
+        indices = prologue_indices.detach().cpu()
+        positions = torch.arange(indices.shape[1]).expand_as(indices)
+        self.counts.index_put_((positions.flatten(), indices.flatten()), torch.ones(indices.numel()), accumulate=True)
+
+    def logs(self, accelerator) -> dict[str, float]:
+        counts = accelerator.reduce(self.counts.to(accelerator.device), "sum").cpu()
+        self.counts.zero_()
+        probabilities = counts / counts.sum(1, keepdim=True).clamp(min=1)
+        return {"prologue/position_usage": (counts > 0).float().mean().item(),
+                "prologue/position_entropy": torch.special.entr(probabilities).sum(1).mean().item()}
+
+
+__all__ = ["PrologueCodeCounts", "ProloguePriorObjective", "build_prior", "drop_visual_inputs", "make_prior",
+           "prior_sequence"]
