@@ -7,17 +7,21 @@
 # test digits, class accuracy by a digit classifier trained on the train split); then the tokenizers' reconstruction,
 # the linear probe on the prologue tokens against the first visual tokens, and a grid of prologue-fixed resamples
 # (training/evaluate_prologue_digits.py). Results in runs/prologue_embedded/compare/ and a table on stdout.
+# RUN=<folder> and PROLOGUE_ARGS="--flag value ..." run a variant of the Prologue tokenizer elsewhere (parts already in
+# the folder, e.g. a copied 2D baseline, are kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
 launch() { accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no "$@"; }
-run=runs/prologue_embedded
+run=${RUN:-runs/prologue_embedded}
 out=$run/compare
+export OUT=$out
 mkdir -p $out
 for kind in prologue 2d; do
   config=training/configs/$([ $kind = prologue ] && echo prologue_tokenizer_embedded || echo tokenizer_2d_embedded).yaml
+  extra=$([ $kind = prologue ] && echo "${PROLOGUE_ARGS:-}" || true)
   [ -f $run/tokenizer_$kind/vqvae/config.json ] || launch training/train_tokenizer.py --config $config \
-      --output_dir $run/tokenizer_$kind > $out/tokenizer_$kind.log 2>&1 &
+      --output_dir $run/tokenizer_$kind $extra > $out/tokenizer_$kind.log 2>&1 &
 done
 wait
 for kind in prologue 2d; do
@@ -47,8 +51,9 @@ python training/evaluate_prologue_digits.py --embedded_dataset_dir runs/data/mni
     --baseline $run/tokenizer_2d/vqvae --pipeline $run/ar_prologue-0/pipeline --out $out/tokenizers.json
 python - <<'PY'
 import json
+import os
 import numpy as np
-out = "runs/prologue_embedded/compare"
+out = os.environ["OUT"]
 generation, tokenizers = json.load(open(f"{out}/generation.json")), json.load(open(f"{out}/tokenizers.json"))
 rows = {k.split("/")[-1][:-4]: v for k, v in generation["samples"].items()}
 print(f"digit classifier on the test split: {generation['classifier_test_accuracy']:.3f}")

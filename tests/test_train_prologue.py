@@ -201,3 +201,15 @@ def test_one_hot_gradient_sign_lowers_the_prior_loss():
         moved = sum(objective.encoder_terms(prior, encoded.prologue_indices, encoded.indices,
                                             one_hot - 0.1 * one_hot.grad).values())
     assert moved < loss
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_the_terms(mnist, tmp_path):
+    run = _launch("train_tokenizer.py", {
+        "embedded_dataset_dir": str(mnist), "output_dir": str(tmp_path / "run"), "image_size": 16, "model": "prologue-b",
+        "model_config": TOKENIZER, "train_batch_size": 8, "learning_rate": 1e30, "max_grad_norm": 1e30,
+        "max_train_steps": 10, "max_nonfinite_steps": 2, "log_steps": 1, "validation_steps": 0, "eval_steps": 0,
+        "report_to": "none", "shuffle_input_shards": 1, "prior_prologue_weight": 3.0, "prior_visual_weight": 3.0,
+        "prior_config": PRIOR}, tmp_path, "nan")
+    assert run.returncode != 0
+    assert "step skipped (1 in a row)" in run.stderr and "2 non-finite losses in a row" in run.stderr
+    assert "'prior_visual'" in run.stderr and "'loss'" in run.stderr

@@ -48,7 +48,7 @@ from st_ar_hf.training.data import (
 )
 from st_ar_hf.training.losses import update_ema
 from st_ar_hf.training.prologue import PrologueCodeCounts, ProloguePriorObjective, make_prior
-from st_ar_hf.training.loop import make_accelerator
+from st_ar_hf.training.loop import make_accelerator, nonfinite_terms, skip_step
 from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
 from st_ar_hf.training.vq_losses import GAN_LOSSES, LPIPS, PatchGANDiscriminator
 
@@ -186,6 +186,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                desc="tokenizer")
     while state.global_step < args.max_train_steps:
         adversarial = discriminator is not None and state.global_step >= args.disc_start
+        bad_terms = None
         for _ in range(args.gradient_accumulation_steps):
             pixel_values = next(batches)["pixel_values"].to(accelerator.device)
             with accelerator.accumulate(vqvae), accelerator.autocast():
@@ -202,6 +203,9 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                     terms |= prior_objective.encoder_terms(accelerator.unwrap_model(prior), out.prologue_indices,
                                                            out.indices, out.prologue_one_hot)
                 terms["loss"] = sum(terms.values())
+                bad_terms = nonfinite_terms(terms, accelerator)  # every process skips the step together
+                if bad_terms is not None:
+                    break
                 accelerator.backward(terms["loss"])
             if adversarial:  # the discriminator's own step on real images and detached reconstructions
                 disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left in it
@@ -219,6 +223,9 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 totals[name] = totals.get(name, 0.0) + value.detach() / args.gradient_accumulation_steps
             code_counts += torch.bincount(used_codes(out).cpu(), minlength=codebook_size)
             images_seen += pixel_values.shape[0]
+        if bad_terms is not None:
+            skip_step(state, optimizer, bad_terms, args.max_nonfinite_steps)
+            continue
         grad_norm = accelerator.clip_grad_norm_(vqvae.parameters(), args.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
@@ -236,6 +243,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         if ema is not None:
             update_ema(ema, vqvae, args.ema_decay)
         state.global_step += 1
+        state.nonfinite_in_a_row = 0
         bar.update(1)
 
         step = state.global_step
