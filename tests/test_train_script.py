@@ -175,10 +175,10 @@ def test_bad_settings_fail_before_training_with_the_setting_named(assets, tmp_pa
         parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path, mask_ration=0.3))])
     args = parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path, contrastive_layer=3))])
     with pytest.raises(ValueError, match="--contrastive_layer 3 is outside the model's layers 1..2"):
-        args.check_model(tiny_gpt_config(num_hidden_layers=2))
+        args.check_model(tiny_gpt_config(num_hidden_layers=2), tiny_vq_config())
     args = parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--num_positions", "17"])
     with pytest.raises(ValueError, match="--num_positions 17 exceeds the sequence of 16 tokens"):
-        args.check_model(tiny_gpt_config(block_size=16))
+        args.check_model(tiny_gpt_config(block_size=16), tiny_vq_config())
     with pytest.raises(ValueError, match="--view_weight > 0 needs --num_views >= 2"):
         parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--num_views", "1"])
     run = _launch(_config(assets, tmp_path, num_classes=5))
