@@ -40,12 +40,13 @@ def main():
         prior_shape = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
     else:
         config, prior_shape = PrologueTokenizerConfig.from_preset("prologue-b"), {"num_hidden_layers": 7}
-    tokenizer = PrologueTokenizer(config).train()
-    prior = build_prior(config, "S", prior_shape).train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = PrologueTokenizer(config).train().to(device)
+    prior = build_prior(config, "S", prior_shape).train().to(device)
     objective = ProloguePriorObjective()
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=1e-4, betas=(0.0, 0.99))
     prior_optimizer = torch.optim.AdamW(prior.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.03)
-    pixels = torch.rand(args.batch, 3, config.image_size, config.image_size) * 2 - 1
+    pixels = (torch.rand(args.batch, 3, config.image_size, config.image_size) * 2 - 1).to(device)
 
     def step(joint: bool):
         out = tokenizer(pixels)
@@ -66,13 +67,14 @@ def main():
     for _ in range(args.repeats):  # interleaved, so that a slow phase of a shared machine hits both
         for name in best:
             best[name] = min(best[name], timed(lambda: step(name == "joint"), repeats=1, warmup=0))
-    peak = matmul_peak_flops(torch.float32)
+    peak = matmul_peak_flops(torch.float32, device)
     num_patches = config.grid_size**2
     tokens = args.batch * (num_patches + config.num_prologue_tokens)
     plain_flops = 3 * (matmul_flops(tokenizer.encoder, tokens) + matmul_flops(tokenizer.decoder, args.batch * num_patches))
     # the prior: sub-step A forward + backward to the inputs (2x), sub-step B forward + backward (3x)
     prior_flops = 5 * matmul_flops(prior, args.batch * prior.config.sequence_length)
-    print(f"torch {torch.__version__}, CPU {torch.get_num_threads()} threads, matmul peak {peak / 1e12:.2f} TFLOP/s; "
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {name}, fp32 matmul peak {peak / 1e12:.2f} TFLOP/s; "
           f"{'tiny' if args.tiny else 'Prologue-B'} tokenizer ({tokenizer.num_parameters():,} parameters), prior "
           f"{prior.num_parameters():,} parameters, batch {args.batch}")
     for name, flops in (("plain", plain_flops), ("joint", plain_flops + prior_flops)):
