@@ -15,7 +15,7 @@ Each row is timed best of `--repeats` calls, the rows interleaved, after one war
 import argparse
 
 import torch
-from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, timed
+from measure import forward_flops_per_token, interleaved_best, matmul_peak_flops, memory_bandwidth
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, PrologueConfig, PrologueForImageGeneration
 from st_ar_hf.pipelines import decoding_llamagen, decoding_prologue
@@ -88,14 +88,7 @@ def main():
             floor = max(weight_bytes / bandwidth, step_flops / peak) * config.sequence_length  # seconds per batch
             print(f"  batch {batch:3d}: Prologue floor {batch / floor:8.3f} images/s "
                   f"(per step: weights {1e3 * weight_bytes / bandwidth:.2f} ms, FLOPs {1e3 * step_flops / peak:.2f} ms)")
-            for label, run in rows:
-                if label not in warmed_up:
-                    run()
-                    warmed_up.add(label)
-            best = {label: float("inf") for label, _ in rows}
-            for _ in range(args.repeats):  # rows interleaved, so that a slow phase of a shared machine hits them all
-                for label, run in rows:
-                    best[label] = min(best[label], timed(run, repeats=1, warmup=0))
+            best = interleaved_best(rows, args.repeats, warmed_up)
             fast_seconds = best[rows[0][0]]
             for label, seconds in best.items():
                 print(f"    {label:34s} {batch / seconds:8.3f} images/s  {100 * floor / seconds:5.1f}% of Prologue's "

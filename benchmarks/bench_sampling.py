@@ -19,7 +19,7 @@ import copy
 import sys
 
 import torch
-from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, timed
+from measure import forward_flops_per_token, interleaved_best, matmul_peak_flops, memory_bandwidth
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
 from st_ar_hf.models.llamagen.convert_llamagen import convert_llamagen_gpt
@@ -111,14 +111,7 @@ def main():
             floor = max(weight_bytes / bandwidth, step_flops / peak) * config.block_size  # seconds per grid batch
             print(f"  batch {batch:3d}: floor {batch / floor:8.2f} images/s "
                   f"(per step: weights {1e3 * weight_bytes / bandwidth:.2f} ms, FLOPs {1e3 * step_flops / peak:.2f} ms)")
-            for label, run in rows:  # a path's first call warms the allocator up (and compiles, where asked)
-                if label not in warmed_up:
-                    run()
-                    warmed_up.add(label)
-            best = {label: float("inf") for label, _ in rows}
-            for _ in range(args.repeats):  # rows interleaved, so that a slow phase of a shared machine hits them all
-                for label, run in rows:
-                    best[label] = min(best[label], timed(run, repeats=1, warmup=0))
+            best = interleaved_best(rows, args.repeats, warmed_up)
             fast_seconds = best[rows[0][0]]
             for label, seconds in best.items():
                 print(f"    {label:30s} {batch / seconds:8.3f} images/s {batch * config.block_size / seconds:7.0f} tokens/s"

@@ -25,6 +25,21 @@ def timed(fn, repeats=3, warmup=1) -> float:
     return best
 
 
+def interleaved_best(rows, repeats: int, warmed_up: set) -> dict[str, float]:
+    """Best wall time of each (label, fn) row over `repeats` rounds, the rows interleaved so that a slow phase of a
+    shared machine hits them all; a row's first call in the run (labels kept in `warmed_up`) warms it up (the
+    allocator, and compilation where asked)."""
+    for label, run in rows:
+        if label not in warmed_up:
+            run()
+            warmed_up.add(label)
+    best = {label: float("inf") for label, _ in rows}
+    for _ in range(repeats):
+        for label, run in rows:
+            best[label] = min(best[label], timed(run, repeats=1, warmup=0))
+    return best
+
+
 def matmul_peak_flops(dtype, device="cpu", n=2048) -> float:
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     return 2 * n**3 / timed(lambda: a @ b, repeats=5)

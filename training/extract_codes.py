@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from transformers import AutoModel
 
-import st_ar_hf  # noqa: F401 (registers the tokenizers with AutoModel)
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import code_shards_card, training_datasets
 from st_ar_hf.training.arguments import ExtractCodesArguments, run_script

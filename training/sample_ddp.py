@@ -49,9 +49,10 @@ def parse_args(argv=None):
     parser.add_argument("--resize", type=int, default=None, help="resize to this size (bicubic) before saving")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args(argv)
-    for name in ("guidance_scale", "temperature"):  # one number, or Prologue's tuple
+    for name in ("guidance_scale", "temperature"):  # None, one number, or Prologue's tuple
         values = getattr(args, name)
-        setattr(args, name, values[0] if values and len(values) == 1 else values and tuple(values))
+        if values is not None:
+            setattr(args, name, values[0] if len(values) == 1 else tuple(values))
     for name in ("num_samples", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")

@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..models.prologue import PrologueConfig, PrologueForImageGeneration
+from .losses import _unwrap
 
 
 def prior_sequence(prologue_indices: torch.LongTensor | None, visual_indices: torch.LongTensor,
@@ -73,7 +74,7 @@ class ProloguePriorObjective(nn.Module):
 
     def prior_terms(self, prior, prologue_indices, visual_indices) -> dict[str, torch.Tensor]:
         """Sub-step B: {"prior": mean CE} on the detached codes, training the prior (DDP-wrapped or not)."""
-        config = prior.module.config if hasattr(prior, "module") else prior.config
+        config = _unwrap(prior).config
         sequence = prior_sequence(prologue_indices.detach(), visual_indices.detach(), config.visual_vocab_size,
                                   config.prologue_vocab_size)
         return {"prior": self._forward(prior, sequence).mean()}

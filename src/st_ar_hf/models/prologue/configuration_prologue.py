@@ -42,6 +42,11 @@ def _check_positive(config, names):
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def _check_num_prologue_tokens(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"num_prologue_tokens must be an int >= 0 (0: the plain 2D tokenizer and its AR), got {value!r}")
+
+
 def _check_rope_axes(name, axes, head_dim):
     if len(axes) != 3 or any(a < 2 or a % 2 for a in axes) or sum(axes) != head_dim:
         raise ValueError(f"{name} must be 3 even sizes summing to the head dim {head_dim}, got {list(axes)}")
@@ -96,10 +101,7 @@ class PrologueTokenizerConfig(PreTrainedConfig):
         _check_positive(self, ("image_size", "patch_size", "in_channels", "hidden_size", "num_encoder_layers",
                                "num_encoder_heads", "decoder_hidden_size", "num_decoder_layers", "num_decoder_heads",
                                "codebook_size", "prologue_codebook_size", "codebook_embed_dim"))
-        if isinstance(self.num_prologue_tokens, bool) or not isinstance(self.num_prologue_tokens, int) \
-                or self.num_prologue_tokens < 0:
-            raise ValueError(f"num_prologue_tokens must be an int >= 0 (0: the plain 2D tokenizer), got "
-                             f"{self.num_prologue_tokens!r}")
+        _check_num_prologue_tokens(self.num_prologue_tokens)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         for width, heads in (("hidden_size", "num_encoder_heads"), ("decoder_hidden_size", "num_decoder_heads")):
@@ -188,9 +190,7 @@ class PrologueConfig(PreTrainedConfig):
         _check_positive(self, ("visual_vocab_size", "prologue_vocab_size", "num_visual_tokens", "hidden_size",
                                "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_classes",
                                "rotary_dim"))
-        if isinstance(self.num_prologue_tokens, bool) or not isinstance(self.num_prologue_tokens, int) \
-                or self.num_prologue_tokens < 0:
-            raise ValueError(f"num_prologue_tokens must be an int >= 0, got {self.num_prologue_tokens!r}")
+        _check_num_prologue_tokens(self.num_prologue_tokens)
         if math.isqrt(self.num_visual_tokens) ** 2 != self.num_visual_tokens:
             raise ValueError(f"num_visual_tokens {self.num_visual_tokens} is not a square grid (e.g. 256 = 16x16)")
         if self.hidden_size % self.num_attention_heads:

@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_prologue import PrologueConfig
 from .modeling_prologue_tokenizer import (
-    PrologueBlock, PrologueLinear, PrologueRMSNorm, PrologueRotaryEmbedding, rope_angles,
+    PrologueBlock, PrologueLinear, PrologueRMSNorm, PrologueRotaryEmbedding, init_block_modules, rope_angles,
 )
 
 
@@ -88,15 +87,7 @@ class PrologueForImageGeneration(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)  # N(0, initializer_range) for linears and embeddings
-        if isinstance(module, PrologueBlock):  # residual branches start closed, as the original's 1e-5 gates
-            init.zeros_(module.attn_gate)
-            init.zeros_(module.mlp_gate)
-        elif isinstance(module, PrologueRMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, PrologueRotaryEmbedding):
-            cos, sin = module.compute_tables(module.config)
-            init.copy_(module.cos, cos)
-            init.copy_(module.sin, sin)
+        init_block_modules(module)
 
     def embed_class_labels(self, class_labels: torch.LongTensor) -> torch.Tensor:
         """[B] -> [B, 1, hidden]; in training a label becomes the null class with class_dropout_prob."""

@@ -215,6 +215,21 @@ class PrologueBlock(nn.Module):
         return x + self.mlp_gate * self.mlp(self.mlp_norm(x))
 
 
+@torch.no_grad()
+def init_block_modules(module: nn.Module) -> None:
+    """The family's own initialisation of the pieces both models share: residual gates closed (as the original's
+    1e-5-scaled gate projections), norm weights one, RoPE tables rebuilt (non-persistent buffers)."""
+    if isinstance(module, PrologueBlock):
+        init.zeros_(module.attn_gate)
+        init.zeros_(module.mlp_gate)
+    elif isinstance(module, PrologueRMSNorm):
+        init.ones_(module.weight)
+    elif isinstance(module, PrologueRotaryEmbedding):
+        cos, sin = module.compute_tables(module.config)
+        init.copy_(module.cos, cos)
+        init.copy_(module.sin, sin)
+
+
 class PrologueQuantizer(nn.Module):
     """Projection to `embed_dim`, then the cosine-nearest code of an l2-normalised codebook."""
 
@@ -322,15 +337,7 @@ class PrologueTokenizer(PreTrainedModel):
             init.normal_(module.embedding.weight, std=self.config.codebook_embed_dim**-0.5)
         elif isinstance(module, PrologueDecoder):
             init.normal_(module.to_patches.weight, std=std * 1e-5)  # the original's zero-out output layer
-        elif isinstance(module, PrologueBlock):  # residual branches start closed, as the original's 1e-5 gates
-            init.zeros_(module.attn_gate)
-            init.zeros_(module.mlp_gate)
-        elif isinstance(module, PrologueRMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, PrologueRotaryEmbedding):
-            cos, sin = module.compute_tables(module.config)
-            init.copy_(module.cos, cos)
-            init.copy_(module.sin, sin)
+        init_block_modules(module)
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, (H/p)(W/p), p*p*C], patches row-major, each flattened as (p_row, p_col, channel)."""
