@@ -194,18 +194,26 @@ def _prologue_stack(prefix, layers, dim, head_dim, ffn, bias, cond_dim=32, num_c
 
 
 def prologue_tokenizer_shapes(dim=768, layers=12, dec_dim=768, dec_layers=12, head_dim=64, patch_dim=768,
-                              num_patches=256, z_len=16, codebook=16384, prologue_codebook=1024, z_dim=14):
+                              num_patches=256, z_len=16, codebook=16384, prologue_codebook=1024, z_dim=14, post_dim=0,
+                              post_layers=10):
     """(encoder state dict `model.safetensors`, decoder `model_1.safetensors`) of the official Prologue tokenizer;
-    z_len 0 is the 2D tokenizer. Key sets checked equal to the original's state dicts for Prologue-B, Prologue-L and
-    the 2D tokenizer: 230 / 225 encoder keys (Prologue / 2D) and 225 (12 layers) or 441 (24) decoder keys."""
+    z_len 0 is the 2D tokenizer, post_dim > 0 Prologue-Post (a `semantic_enc` of post_layers x post_dim over the 2D
+    encoder). Key sets checked equal to the original's state dicts for Prologue-B, Prologue-L and the 2D tokenizer:
+    230 / 225 encoder keys (Prologue / 2D) and 225 (12 layers) or 441 (24) decoder keys; Prologue-Post's layout from
+    the original's `Encoder` built with configs/tokenizer/prologue_post.yaml (a tiny one)."""
     encoder = _prologue_stack("enc", layers, dim, head_dim, round(dim * 8 / 3), bias=True)
     encoder |= {"enc.input_layer.weight": (dim, patch_dim), "enc.input_layer.bias": (dim,)}
-    quantizers = [("quantizer", codebook, num_patches)] + ([("semantic_quantizer", prologue_codebook, z_len)] if z_len else [])
-    for name, size, length in quantizers:
-        encoder |= {f"{name}.proj_in.weight": (z_dim, dim), f"{name}.proj_in.bias": (z_dim,),
+    prologue_width, query_encoder = (post_dim, "semantic_enc") if post_dim else (dim, "enc")
+    if post_dim:
+        encoder |= _prologue_stack("semantic_enc", post_layers, post_dim, head_dim, round(post_dim * 11 / 4), bias=True)
+        encoder |= {"semantic_enc.input_layer.weight": (post_dim, dim), "semantic_enc.input_layer.bias": (post_dim,)}
+    quantizers = [("quantizer", codebook, num_patches, dim)]
+    quantizers += [("semantic_quantizer", prologue_codebook, z_len, prologue_width)] if z_len else []
+    for name, size, length, width in quantizers:
+        encoder |= {f"{name}.proj_in.weight": (z_dim, width), f"{name}.proj_in.bias": (z_dim,),
                     f"{name}.embedding.weight": (size, z_dim), f"{name}.pos_select_mask": (length, size)}
     if z_len:
-        encoder["enc.learnable_query"] = (1, z_len, dim)
+        encoder[f"{query_encoder}.learnable_query"] = (1, z_len, prologue_width)
     decoder = _prologue_stack("dec", dec_layers, dec_dim, head_dim, round(dec_dim * 8 / 3), bias=True)
     decoder |= {"dec.input_layer.weight": (dec_dim, z_dim), "dec.input_layer.bias": (dec_dim,),
                 "dec.out_norm.affine.weight": (dec_dim, 32), "dec.out_norm.affine.bias": (dec_dim,),

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from transformers import AutoModel
 
 from st_ar_hf import PrologueConfig, PrologueForImageGeneration, PrologueTokenizer, STARPipeline
 from st_ar_hf.cli import main as cli_main
@@ -212,13 +213,56 @@ def test_paper_sampling_settings_follow_tokenizer_and_size():
     (lambda enc, dec: enc.update({"enc.extra.weight": torch.zeros(1)}), r"not part of a Prologue tokenizer.*enc\.extra"),
     (lambda enc, dec: dec.pop("dec.out.bias"), "checkpoint has no 'dec.out.bias'"),
     (lambda enc, dec: enc["quantizer.pos_select_mask"].fill_(-math.inf), "restricts codes per position"),
-    (lambda enc, dec: enc.update({"semantic_enc.input_layer.weight": torch.zeros(1)}), "Prologue-Post"),
+    (lambda enc, dec: enc.pop("semantic_quantizer.embedding.weight"), "1D tokenizer"),
 ])
 def test_bad_tokenizer_checkpoints_are_named(break_it, message):
     encoder, decoder = (random_state_dict(s) for s in prologue_tokenizer_shapes(**TINY_TOKENIZER))
     break_it(encoder, decoder)
     with pytest.raises(ValueError, match=message):
         convert_prologue_tokenizer((encoder, decoder), rope_axes_dim=[10, 10, 12])
+
+
+def test_prologue_post_converts_with_its_own_prologue_encoder():
+    """Prologue-Post: the original's `semantic_enc` (over the 2D encoder's output) becomes `prologue_encoder`. Its
+    outputs match the original's (run unmodified outside the repo; README)."""
+    encoder, decoder = prologue_tokenizer_shapes(**TINY_TOKENIZER, post_dim=96, post_layers=3)
+    encoder, decoder = random_state_dict(encoder), random_state_dict(decoder)
+    tokenizer = convert_prologue_tokenizer((encoder, decoder), rope_axes_dim=[10, 10, 12])
+    config = tokenizer.config
+    assert (config.prologue_encoder_layers, config.prologue_encoder_hidden_size, config.prologue_encoder_heads,
+            config.prologue_encoder_mlp_ratio, config.num_prologue_tokens) == (3, 96, 3, 2.75, 4)
+    assert tokenizer.encoder.prologue_queries is None  # the patch encoder is a 2D one
+    assert torch.equal(tokenizer.prologue_encoder.prologue_queries, encoder["semantic_enc.learnable_query"][0])
+    assert torch.equal(tokenizer.prologue_encoder.input_proj.weight, encoder["semantic_enc.input_layer.weight"])
+    encoded = tokenizer.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert encoded.hidden_states.shape == (2, 16, 64) and encoded.prologue_indices.shape == (2, 4)
+    # the visual path does not see the prologue encoder: the same visual codes without it
+    flat = convert_prologue_tokenizer(without_post(encoder, decoder), rope_axes_dim=[10, 10, 12])
+    assert torch.equal(flat.encode(torch.zeros(1, 3, 32, 32)).indices, tokenizer.encode(torch.zeros(1, 3, 32, 32)).indices)
+
+
+def without_post(encoder, decoder):
+    """The 2D tokenizer inside a Prologue-Post state dict."""
+    return {k: v for k, v in encoder.items() if not k.startswith(("semantic_enc.", "semantic_quantizer."))}, decoder
+
+
+def test_initialisation_and_prologue_post_from_a_2d_tokenizer(tmp_path):
+    """SimVQ codebooks and the near-zero output layer (leaves that transformers' init reaches only by identity), and
+    a Prologue-Post tokenizer made from a trained 2D folder: the visual path loaded, the prologue path initialised."""
+    flat = PrologueTokenizer(tiny_prologue_tokenizer_config(num_prologue_tokens=0))
+    simvq_std = flat.config.codebook_embed_dim**-0.5
+    assert 0.8 < flat.quantizer.embedding.weight.std() / simvq_std < 1.2
+    assert flat.decoder.to_patches.weight.abs().max() < 1e-5
+    flat.save_pretrained(tmp_path / "2d")
+    post = AutoModel.from_pretrained(tmp_path / "2d", num_prologue_tokens=4, prologue_encoder_layers=1,
+                                     prologue_encoder_hidden_size=64, prologue_encoder_heads=2)
+    assert all(torch.equal(a, b) for a, b in zip(flat.state_dict().values(),
+                                                  {k: v for k, v in post.state_dict().items() if k in flat.state_dict()}.values()))
+    assert 0.8 < post.prologue_quantizer.embedding.weight.std() / simvq_std < 1.2
+    assert (post.prologue_encoder.layers[0].attn_gate == 0).all()  # residual gates closed
+    assert post.encode(torch.zeros(1, 3, 32, 32)).prologue_indices.shape == (1, 4)
+    with pytest.raises(ValueError, match="prologue_encoder_layers 2 needs prologue tokens"):
+        tiny_prologue_tokenizer_config(num_prologue_tokens=0, prologue_encoder_layers=2)
 
 
 def test_bad_folders_and_layouts_are_named(tmp_path):

@@ -11,11 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from transformers import AutoModel
 
 from st_ar_hf import PrologueForImageGeneration, PrologueTokenizer, STARPipeline
 from st_ar_hf.training.arguments import TokenizerTrainingArguments
 from st_ar_hf.training.data import write_embedded_dataset
 from st_ar_hf.training.prologue import ProloguePriorObjective, build_prior, drop_visual_inputs, prior_sequence
+from st_ar_hf.training.vq_losses import LeCamRegularizer, r1_penalty
 
 from .conftest import tiny_prologue_tokenizer_config
 
@@ -63,6 +65,21 @@ def test_encoder_terms_reach_the_one_hot_and_not_the_prior():
     assert prior.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_lecam_and_r1_by_hand():
+    lecam = LeCamRegularizer(decay=0.5)
+    real, fake = torch.tensor([[2.0, 0.0]]), torch.tensor([[-1.0, 3.0]])
+    penalty = lecam(real, fake)  # the means move first: real 0.5, fake 0.5
+    assert (lecam.real_mean.item(), lecam.fake_mean.item()) == (0.5, 0.5)
+    assert torch.isclose(penalty, torch.tensor((1.5**2 + 0) / 2 + (1.5**2 + 0) / 2))
+    # R1 of D(x) = sum(w * x): the gradient is w everywhere, so the penalty is sum(w^2) / 2 per image
+    weight = torch.randn(1, 3, 4, 4, requires_grad=True)
+    pixels = torch.randn(2, 3, 4, 4).requires_grad_()
+    r1 = r1_penalty((pixels * weight).sum(dim=(1, 2, 3)), pixels)
+    assert torch.isclose(r1, weight.pow(2).sum() / 2)
+    r1.backward()  # double backward reaches the discriminator's weights
+    assert torch.allclose(weight.grad, weight)
+
+
 def test_bad_prior_settings_are_named():
     with pytest.raises(ValueError, match="a prior loss needs a tokenizer with a prologue quantiser, got a prologue_tokenizer "
                                          "with 0 prologue tokens"):
@@ -78,6 +95,14 @@ def test_bad_prior_settings_are_named():
         TokenizerTrainingArguments(embedded_dataset_dir="x", image_size=24).check_model(tiny_prologue_tokenizer_config())
     with pytest.raises(ValueError, match="--disc_loss must be hinge or vanilla"):
         TokenizerTrainingArguments(embedded_dataset_dir="x", disc_loss="wasserstein")
+    with pytest.raises(ValueError, match="--disc_r1_interval >= 1"):
+        TokenizerTrainingArguments(embedded_dataset_dir="x", disc_r1_interval=0)
+    with pytest.raises(ValueError, match="--train_visual false trains the prologue path by the prior's CE alone"):
+        TokenizerTrainingArguments(embedded_dataset_dir="x", train_visual=False)
+    with pytest.raises(ValueError, match="give a Prologue-Post tokenizer .* got a prologue_tokenizer with 0 prologue "
+                                         "encoder layers"):
+        TokenizerTrainingArguments(embedded_dataset_dir="x", image_size=32, train_visual=False,
+                                   prior_visual_weight=1.0).check_model(tiny_prologue_tokenizer_config())
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +130,7 @@ def phase1(mnist, tmp_path_factory):
         "max_train_steps": 60, "log_steps": 20, "validation_steps": 0, "checkpointing_steps": 60, "report_to": "none",
         "shuffle_input_shards": 1, "random_flip": False, "eval_steps": 60, "eval_images": 32, "disc_start": 30,
         "disc_layers": 1, "disc_base_channels": 8, "disc_loss": "vanilla", "disc_weight": 0.1,
+        "disc_lecam_weight": 0.001, "disc_r1_weight": 0.01, "disc_r1_interval": 2,
         "reconstruction_loss": "l1", "prior_prologue_weight": 3.0, "prior_visual_weight": 3.0, "prior_config": PRIOR,
         "prior_learning_rate": 2e-3, "prior_ema_decay": 0.9}, tmp_path, "tokenizer")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -120,8 +146,9 @@ def phase1(mnist, tmp_path_factory):
 def test_joint_tokenizer_trains_its_prior_and_logs_the_prologue(phase1):
     metrics = [json.loads(line) for line in (phase1 / "tokenizer" / "metrics.jsonl").read_text().splitlines()]
     last = metrics[-1]
-    for name in ("loss/prior_prologue", "loss/prior_visual", "loss/prior", "loss/discriminator",
-                 "loss/generator_adversarial", "prologue/position_usage", "prologue/position_entropy", "eval/psnr"):
+    for name in ("loss/prior_prologue", "loss/prior_visual", "loss/prior", "loss/discriminator", "loss/lecam",
+                 "loss/r1", "loss/generator_adversarial", "prologue/position_usage", "prologue/position_entropy",
+                 "eval/psnr"):
         assert name in last, name
     assert last["loss/reconstruction"] < metrics[0]["loss/reconstruction"]
     assert last["loss/prior"] < metrics[0]["loss/prior"]  # the prior learns the codes
@@ -185,6 +212,32 @@ def test_codes_of_another_tokenizer_are_refused(phase1, mnist, tmp_path):
                   tmp_path, "bad")
     assert run.returncode != 0 and "--train_codes hold sequences of 16 tokens, but a prologue model" in run.stderr
     assert not (tmp_path / "ar" / "metrics.jsonl").exists()
+
+
+def test_prologue_post_trains_only_its_prologue_path(mnist, tmp_path):
+    """Prologue-Post's stage: from a 2D tokenizer folder, a prologue encoder learns by the prior's CE alone; the visual
+    path (patch encoder, visual quantiser, decoder) leaves the run unchanged."""
+    flat = PrologueTokenizer(PrologueTokenizer.config_class(**{**TOKENIZER, "num_prologue_tokens": 0}))
+    flat.save_pretrained(tmp_path / "2d")
+    post = {"num_prologue_tokens": 2, "prologue_codebook_size": 16, "prologue_encoder_layers": 1,
+            "prologue_encoder_hidden_size": 64, "prologue_encoder_heads": 1}
+    run = _launch("train_tokenizer.py", {
+        "embedded_dataset_dir": str(mnist), "output_dir": str(tmp_path / "post"), "image_size": 16,
+        "model": str(tmp_path / "2d"), "model_config": post, "train_visual": False, "train_batch_size": 16,
+        "learning_rate": 2e-3, "max_train_steps": 30, "log_steps": 10, "validation_steps": 0, "eval_steps": 0,
+        "checkpointing_steps": 30, "report_to": "none", "shuffle_input_shards": 1, "disc_start": 0,
+        "prior_prologue_weight": 3.0, "prior_visual_weight": 3.0, "prior_config": PRIOR,
+        "prior_learning_rate": 2e-3}, tmp_path, "post")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = [json.loads(line) for line in (tmp_path / "post" / "metrics.jsonl").read_text().splitlines()]
+    assert "loss/reconstruction" not in metrics[-1] and "loss/discriminator" not in metrics[-1]
+    assert metrics[-1]["loss/prior"] < metrics[0]["loss/prior"]
+    trained = PrologueTokenizer.from_pretrained(tmp_path / "post" / "vqvae")
+    assert trained.config.prologue_encoder_layers == 1
+    after = trained.state_dict()
+    assert all(torch.equal(value, after[key]) for key, value in flat.state_dict().items())
+    start = AutoModel.from_pretrained(tmp_path / "2d", **post)  # the same initialisation, but for the RNG
+    assert not torch.equal(after["prologue_encoder.input_proj.weight"], start.prologue_encoder.input_proj.weight)
 
 
 def test_one_hot_gradient_sign_lowers_the_prior_loss():

@@ -9,7 +9,7 @@ Prologue's `PrologueTokenizer` with its joint AR prior (phase 1; `st_ar_hf.train
 
 LlamaGen's objective: reconstruction (L2 or L1) + perceptual (LPIPS-VGG, when its weights are given) + codebook +
 commitment (+ entropy) + disc_weight * hinge (or vanilla) generator loss from `disc_start` on, with a PatchGAN
-discriminator trained by its own Adam; Adam (0.9, 0.95) for the tokenizer, optional EMA. Prologue adds the prior's
+discriminator trained by its own Adam (LeCam and R1 optional, as Prologue's); Adam (0.9, 0.95) for the tokenizer, optional EMA. Prologue adds the prior's
 CE (sub-step A, its weights constant) and the prior's own AdamW step on the detached codes (sub-step B, beside the
 discriminator's); the prologue's code usage per position is logged and the prior exported to `<output_dir>/prior`.
 Writes `checkpoint-<step>` folders, reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook
@@ -50,7 +50,7 @@ from st_ar_hf.training.losses import update_ema
 from st_ar_hf.training.prologue import PrologueCodeCounts, ProloguePriorObjective, make_prior
 from st_ar_hf.training.loop import make_accelerator, nonfinite_terms, skip_step
 from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_grid
-from st_ar_hf.training.vq_losses import GAN_LOSSES, LPIPS, PatchGANDiscriminator
+from st_ar_hf.training.vq_losses import GAN_LOSSES, LPIPS, LeCamRegularizer, PatchGANDiscriminator, r1_penalty
 
 logger = get_logger(__name__)
 
@@ -138,6 +138,10 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     vqvae = build_model(args)
     args.check_model(vqvae.config)
     vqvae.train()
+    if not args.train_visual:  # Prologue-Post: only the prologue encoder and quantiser learn
+        vqvae.requires_grad_(False)
+        vqvae.prologue_encoder.requires_grad_(True)
+        vqvae.prologue_quantizer.requires_grad_(True)
     ema = None
     if args.ema_decay is not None:
         ema = copy.deepcopy(vqvae).to(accelerator.device).eval().requires_grad_(False)
@@ -147,7 +151,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     elif args.perceptual_weight > 0:
         logger.warning("no perceptual network (--perceptual_vgg16 and --perceptual_lpips not given): training "
                        "without the perceptual loss")
-    optimizer = torch.optim.AdamW(vqvae.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+    optimizer = torch.optim.AdamW([p for p in vqvae.parameters() if p.requires_grad], lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
@@ -159,6 +163,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                                           betas=(args.adam_beta1, args.adam_beta2))
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
     generator_loss, discriminator_loss = GAN_LOSSES[args.disc_loss]
+    lecam = LeCamRegularizer().to(accelerator.device) if discriminator is not None and args.disc_lecam_weight > 0 else None
     prior = prior_ema = None
     if args.uses_prior:  # Prologue's joint prior, its AdamW and EMA, the objective, the prologue's code counts
         tokenizer_config = accelerator.unwrap_model(vqvae).config
@@ -166,8 +171,8 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         prior_objective = ProloguePriorObjective(args.prior_prologue_weight, args.prior_visual_weight,
                                                  args.prior_visual_dropout)
         prologue_counts = PrologueCodeCounts(tokenizer_config.num_prologue_tokens, tokenizer_config.prologue_codebook_size)
-    state = TrainingState(vars(args), **({"ema": ema} if ema is not None else {}),
-                          **({"prior_ema": prior_ema} if prior_ema is not None else {}))
+    state = TrainingState(vars(args), **{name: module for name, module in
+                                         (("ema", ema), ("prior_ema", prior_ema), ("lecam", lecam)) if module is not None})
     resume_run(accelerator, output_dir, args.resume_from_checkpoint, state, stream, args.RESUME_FIXED)
     if accelerator.is_main_process:
         accelerator.init_trackers("st-ar-tokenizer", config={k: v for k, v in vars(args).items() if not isinstance(v, dict)})
@@ -190,15 +195,17 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         for _ in range(args.gradient_accumulation_steps):
             pixel_values = next(batches)["pixel_values"].to(accelerator.device)
             with accelerator.accumulate(vqvae), accelerator.autocast():
-                out = vqvae(pixel_values)
-                reconstruction = out.reconstruction.float()
-                distance = F.mse_loss if args.reconstruction_loss == "l2" else F.l1_loss
-                terms = {"reconstruction": args.reconstruction_weight * distance(reconstruction, pixel_values),
-                         **quantizer_terms(out)}
-                if perceptual is not None:
-                    terms["perceptual"] = args.perceptual_weight * perceptual(reconstruction, pixel_values).mean()
-                if adversarial:
-                    terms["generator_adversarial"] = args.disc_weight * generator_loss(discriminator(reconstruction))
+                out = vqvae(pixel_values) if args.train_visual else vqvae(pixel_values, decode=False)
+                terms = {}
+                if args.train_visual:
+                    reconstruction = out.reconstruction.float()
+                    distance = F.mse_loss if args.reconstruction_loss == "l2" else F.l1_loss
+                    terms = {"reconstruction": args.reconstruction_weight * distance(reconstruction, pixel_values),
+                             **quantizer_terms(out)}
+                    if perceptual is not None:
+                        terms["perceptual"] = args.perceptual_weight * perceptual(reconstruction, pixel_values).mean()
+                    if adversarial:
+                        terms["generator_adversarial"] = args.disc_weight * generator_loss(discriminator(reconstruction))
                 if prior is not None:  # sub-step A: the prior's CE reaches the encoder through the prologue one-hot
                     terms |= prior_objective.encoder_terms(accelerator.unwrap_model(prior), out.prologue_indices,
                                                            out.indices, out.prologue_one_hot)
@@ -209,11 +216,18 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 accelerator.backward(terms["loss"])
             if adversarial:  # the discriminator's own step on real images and detached reconstructions
                 disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left in it
+                with_r1 = args.disc_r1_weight > 0 and (state.global_step + 1) % args.disc_r1_interval == 0
+                real = pixel_values.detach().requires_grad_(with_r1)
                 with accelerator.autocast():
-                    logits = discriminator(torch.cat([pixel_values, reconstruction.detach()]))
-                    real_logits, fake_logits = logits.chunk(2)
-                    terms["discriminator"] = args.disc_weight * discriminator_loss(real_logits, fake_logits)
-                accelerator.backward(terms["discriminator"])
+                    real_logits, fake_logits = discriminator(torch.cat([real, reconstruction.detach()])).chunk(2)
+                    disc_terms = {"discriminator": discriminator_loss(real_logits, fake_logits)}
+                    if lecam is not None:
+                        disc_terms["lecam"] = args.disc_lecam_weight * lecam(real_logits, fake_logits)
+                    if with_r1:  # in the same forward as the loss (one DDP forward per backward)
+                        disc_terms["r1"] = args.disc_r1_weight * r1_penalty(real_logits, real)
+                disc_terms = {name: args.disc_weight * value for name, value in disc_terms.items()}
+                accelerator.backward(sum(disc_terms.values()))
+                terms |= disc_terms
             if prior is not None:  # sub-step B: the prior learns the detached codes
                 with accelerator.autocast():
                     terms |= prior_objective.prior_terms(prior, out.prologue_indices, out.indices)
@@ -265,7 +279,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 logs.update(evaluate((ema or accelerator.unwrap_model(vqvae)).eval(), eval_pixels, args.train_batch_size))
                 vqvae.train()
             log_metrics(accelerator, logs, step, output_dir / "metrics.jsonl")
-            bar.set_postfix(reconstruction=f"{logs['loss/reconstruction']:.4f}", usage=f"{logs['codebook/usage']:.2f}")
+            bar.set_postfix(loss=f"{logs['loss/loss']:.4f}", usage=f"{logs['codebook/usage']:.2f}")
             totals, code_counts, step_start, images_seen = {}, torch.zeros(codebook_size), time.perf_counter(), 0
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
             save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, stream)

@@ -430,7 +430,14 @@ class TokenizerTrainingArguments(RunArguments):
     disc_layers: int = 3
     disc_base_channels: int = 64
     disc_loss: str = field(default="hinge", metadata={"help": "hinge (LlamaGen) or vanilla (non-saturating, Prologue)"})
+    disc_lecam_weight: float = field(default=0.0, metadata={"help": "LeCam regulariser of the discriminator (Prologue: 0.001)"})
+    disc_r1_weight: float = field(default=0.0, metadata={"help": "R1 penalty of the discriminator (Prologue: 0.01)"})
+    disc_r1_interval: int = field(default=25, metadata={"help": "R1 on every this many steps, unscaled (Prologue: 25)"})
     # Prologue's joint phase: an AR prior whose CE trains the prologue tokens (weights > 0 turn it on)
+    train_visual: bool = field(default=True, metadata={
+        "help": "false: the patch encoder, visual quantiser and decoder stay frozen and only the prologue path learns, "
+                "from the prior's CE alone (Prologue-Post: --model a trained 2D tokenizer folder, --model_config "
+                "with num_prologue_tokens and prologue_encoder_layers > 0)"})
     prior_prologue_weight: float = field(default=0.0, metadata={"help": "weight of the prologue + EOS CE (official 3.0)"})
     prior_visual_weight: float = field(default=0.0, metadata={"help": "weight of the visual CE (official 3.0)"})
     prior_visual_dropout: float = field(default=0.5, metadata={"help": "share of samples whose visual inputs become EOS"})
@@ -461,21 +468,27 @@ class TokenizerTrainingArguments(RunArguments):
                 raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.disc_loss not in ("hinge", "vanilla"):
             raise ValueError(f"--disc_loss must be hinge or vanilla, got {self.disc_loss!r}")
+        if min(self.disc_lecam_weight, self.disc_r1_weight) < 0 or self.disc_r1_interval < 1:
+            raise ValueError("--disc_lecam_weight and --disc_r1_weight must be >= 0 and --disc_r1_interval >= 1, got "
+                             f"{self.disc_lecam_weight}, {self.disc_r1_weight}, {self.disc_r1_interval}")
         if min(self.prior_prologue_weight, self.prior_visual_weight) < 0 or not 0 <= self.prior_visual_dropout < 1:
             raise ValueError("--prior_prologue_weight and --prior_visual_weight must be >= 0 and --prior_visual_dropout "
                              f"in [0, 1), got {self.prior_prologue_weight}, {self.prior_visual_weight}, "
                              f"{self.prior_visual_dropout}")
+        if not self.train_visual and not self.uses_prior:
+            raise ValueError("--train_visual false trains the prologue path by the prior's CE alone: set "
+                             "--prior_prologue_weight or --prior_visual_weight > 0")
         if self.uses_prior and self.gradient_accumulation_steps > 1:
             raise ValueError("the prior steps once per batch: use --gradient_accumulation_steps 1 with it")
         if self.uses_discriminator and self.gradient_accumulation_steps > 1:
             raise ValueError("the discriminator steps once per batch: use --gradient_accumulation_steps 1 with it")
-        if self.disc_start < self.max_train_steps and self.image_size < 2 ** (self.disc_layers + 2):
+        if self.uses_discriminator and self.image_size < 2 ** (self.disc_layers + 2):
             raise ValueError(f"--image_size {self.image_size} is too small for a {self.disc_layers}-layer discriminator "
                              f"(needs >= {2 ** (self.disc_layers + 2)}); lower --disc_layers")
 
     @property
     def uses_discriminator(self) -> bool:
-        return self.disc_start < self.max_train_steps and self.disc_weight > 0
+        return self.train_visual and self.disc_start < self.max_train_steps and self.disc_weight > 0
 
     @property
     def uses_prior(self) -> bool:
@@ -487,6 +500,11 @@ class TokenizerTrainingArguments(RunArguments):
             raise ValueError("--prior_prologue_weight / --prior_visual_weight: a prior loss needs a tokenizer with a "
                              f"prologue quantiser, got a {config.model_type} with "
                              f"{getattr(config, 'num_prologue_tokens', 0)} prologue tokens")
+        if not self.train_visual and not (prologue and config.is_post):
+            raise ValueError("--train_visual false freezes the visual path, so the prologue needs its own encoder: "
+                             "give a Prologue-Post tokenizer (prologue_encoder_layers > 0 in --model_config), got "
+                             f"a {config.model_type} with {getattr(config, 'prologue_encoder_layers', 0)} prologue "
+                             "encoder layers")
         if prologue and config.image_size != self.image_size:
             raise ValueError(f"--image_size {self.image_size} differs from the tokenizer's {config.image_size} (its "
                              f"positions are fixed): set image_size in --model_config too")

@@ -1,5 +1,6 @@
-"""The adversarial and perceptual parts of LlamaGen's tokenizer objective: a PatchGAN discriminator with hinge
-losses, and LPIPS-VGG as a pluggable perceptual distance (its weights ship in no package here; load them from files).
+"""The adversarial and perceptual parts of the tokenizer objectives: a PatchGAN discriminator with hinge (LlamaGen) or
+vanilla (Prologue) losses and Prologue's LeCam and R1 regularisers, and LPIPS-VGG as a pluggable perceptual distance
+(its weights ship in no package here; load them from files).
 
 PatchGAN: pix2pix's N-layer discriminator as LlamaGen uses it (4x4 convolutions, BatchNorm, LeakyReLU 0.2,
 N(0, 0.02) init). LPIPS: Zhang et al. 2018, VGG16 features at relu1_2 .. relu5_3, unit-normalised over channels,
@@ -63,6 +64,31 @@ def vanilla_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 GAN_LOSSES = {"hinge": (hinge_generator_loss, hinge_discriminator_loss),
               "vanilla": (vanilla_generator_loss, vanilla_discriminator_loss)}
+
+
+class LeCamRegularizer(nn.Module):
+    """LeCam (Tseng et al. 2021) as Prologue's trainer applies it to the discriminator: running means of D(real) and
+    D(fake) (from 0, decay 0.999) are first updated with the batch, then the penalty is
+    `mean relu(D(real) - mean_fake)^2 + mean relu(mean_real - D(fake))^2`. The means are buffers (checkpointed)."""
+
+    def __init__(self, decay: float = 0.999):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("real_mean", torch.zeros(()))
+        self.register_buffer("fake_mean", torch.zeros(()))
+
+    def forward(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.real_mean.lerp_(real_logits.float().mean(), 1 - self.decay)
+            self.fake_mean.lerp_(fake_logits.float().mean(), 1 - self.decay)
+        return F.relu(real_logits - self.fake_mean).pow(2).mean() + F.relu(self.real_mean - fake_logits).pow(2).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_pixels: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): the mean over images of ||d sum(D(x)) / dx||^2 / 2 at the real images, which must
+    have required grad when `real_logits` were computed; differentiable (double backward) for the discriminator."""
+    (grads,) = torch.autograd.grad(real_logits.sum(), real_pixels, create_graph=True)
+    return grads.pow(2).sum(dim=(1, 2, 3)).mean() / 2
 
 
 VGG16_CHANNELS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]  # conv blocks

@@ -70,6 +70,11 @@ class PrologueTokenizerConfig(PreTrainedConfig):
         commit_loss_beta: weight of the commitment term of the visual VQ loss.
         rope_axes_dim: head dims rotated by the (height, width, sequence) axes.
         rope_theta_patches / rope_theta_prologue: RoPE bases of the patch grid (2000) and of the queries (10000).
+        prologue_encoder_layers: 0 for Prologue, whose queries join the patch encoder; > 0 for Prologue-Post, whose
+            patch encoder is a plain 2D one (trained first, then frozen) and whose queries go through a separate
+            prologue encoder of this many layers that reads the patch encoder's output (10 in the paper).
+        prologue_encoder_hidden_size / prologue_encoder_heads / prologue_encoder_mlp_ratio: Prologue-Post's prologue
+            encoder shape (512, 8, 11/4); its prologue quantiser projects from this width.
     """
 
     model_type = "prologue_tokenizer"
@@ -93,6 +98,10 @@ class PrologueTokenizerConfig(PreTrainedConfig):
     rope_axes_dim: list[int] | tuple[int, ...] = (20, 20, 24)
     rope_theta_patches: float = 2000.0
     rope_theta_prologue: float = 10000.0
+    prologue_encoder_layers: int = 0
+    prologue_encoder_hidden_size: int = 512
+    prologue_encoder_heads: int = 8
+    prologue_encoder_mlp_ratio: float = 11 / 4
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -100,16 +109,27 @@ class PrologueTokenizerConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         _check_positive(self, ("image_size", "patch_size", "in_channels", "hidden_size", "num_encoder_layers",
                                "num_encoder_heads", "decoder_hidden_size", "num_decoder_layers", "num_decoder_heads",
-                               "codebook_size", "prologue_codebook_size", "codebook_embed_dim"))
+                               "codebook_size", "prologue_codebook_size", "codebook_embed_dim",
+                               "prologue_encoder_hidden_size", "prologue_encoder_heads"))
         _check_num_prologue_tokens(self.num_prologue_tokens)
+        if isinstance(self.prologue_encoder_layers, bool) or not isinstance(self.prologue_encoder_layers, int) \
+                or self.prologue_encoder_layers < 0:
+            raise ValueError(f"prologue_encoder_layers must be an int >= 0 (0: Prologue's shared encoder, > 0: "
+                             f"Prologue-Post), got {self.prologue_encoder_layers!r}")
+        if self.prologue_encoder_layers and not self.num_prologue_tokens:
+            raise ValueError(f"prologue_encoder_layers {self.prologue_encoder_layers} needs prologue tokens: set "
+                             f"num_prologue_tokens > 0 (Prologue-Post) or prologue_encoder_layers 0 (2D tokenizer)")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
-        for width, heads in (("hidden_size", "num_encoder_heads"), ("decoder_hidden_size", "num_decoder_heads")):
+        for width, heads in (("hidden_size", "num_encoder_heads"), ("decoder_hidden_size", "num_decoder_heads"),
+                             ("prologue_encoder_hidden_size", "prologue_encoder_heads")):
+            if width.startswith("prologue_encoder") and not self.prologue_encoder_layers:
+                continue
             if getattr(self, width) % getattr(self, heads):
                 raise ValueError(f"{width} ({getattr(self, width)}) must be divisible by {heads} ({getattr(self, heads)})")
             _check_rope_axes("rope_axes_dim", self.rope_axes_dim, getattr(self, width) // getattr(self, heads))
         for name in ("mlp_ratio", "prologue_temperature", "rope_theta_patches", "rope_theta_prologue",
-                     "initializer_range"):
+                     "prologue_encoder_mlp_ratio", "initializer_range"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)!r}")
         if not 0 <= self.commit_loss_beta < math.inf:
@@ -127,6 +147,11 @@ class PrologueTokenizerConfig(PreTrainedConfig):
     @property
     def patch_dim(self) -> int:
         return self.patch_size * self.patch_size * self.in_channels
+
+    @property
+    def is_post(self) -> bool:
+        """Prologue-Post: a separate prologue encoder over a 2D patch encoder."""
+        return self.prologue_encoder_layers > 0
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "PrologueTokenizerConfig":

@@ -133,16 +133,24 @@ def convert_prologue_tokenizer(checkpoint, ema: bool = True, output_dir=None, **
                                     "Prologue tokenizer")
     kind = "Prologue tokenizer"
     enc, dec = _Keys(encoder_state, kind), _Keys(decoder_state, kind)
-    if enc.has("semantic_enc.input_layer.weight"):
-        raise ValueError("checkpoint is a Prologue-Post tokenizer (a separate semantic encoder), which is not "
-                         "supported yet; the shared-encoder Prologue and the 2D tokenizers are")
     width, patch_dim = require(encoder_state, "enc.input_layer.weight", kind).shape
     codebook = require(encoder_state, "quantizer.embedding.weight", kind)
     num_patches = require(encoder_state, "quantizer.pos_select_mask", kind).shape[0]
-    queries = encoder_state.get("enc.learnable_query")
+    post = enc.has("semantic_enc.input_layer.weight")  # Prologue-Post: a separate prologue encoder
+    query_encoder = "semantic_enc" if post else "enc"  # the original module that holds the prologue queries
+    queries = encoder_state.get(f"{query_encoder}.learnable_query")
     if queries is not None and not enc.has("semantic_quantizer.embedding.weight"):
         raise ValueError("checkpoint is a 1D tokenizer (all codes from learnable queries), which is not supported "
-                         "yet; the shared-encoder Prologue and the 2D tokenizers are")
+                         "yet; the Prologue, Prologue-Post and 2D tokenizers are")
+    post_shape = {}
+    if post:
+        post_width = require(encoder_state, "semantic_enc.input_layer.weight", kind).shape[0]
+        post_shape = dict(
+            prologue_encoder_layers=count_indexed(encoder_state, r"semantic_enc\.layers\.(\d+)\."),
+            prologue_encoder_hidden_size=post_width, prologue_encoder_heads=_heads(enc, "semantic_enc", post_width),
+            prologue_encoder_mlp_ratio=require(encoder_state, "semantic_enc.layers.0.ffn.fc1.weight", kind).shape[0]
+            / 2 / post_width,
+        )
     decoder_width = require(decoder_state, "dec.input_layer.weight", kind).shape[0]
     in_channels = overrides.pop("in_channels", 3)
     patch_size = math.isqrt(patch_dim // in_channels)
@@ -157,14 +165,19 @@ def convert_prologue_tokenizer(checkpoint, ema: bool = True, output_dir=None, **
             num_prologue_tokens=0 if queries is None else queries.shape[1],
             codebook_size=codebook.shape[0], codebook_embed_dim=codebook.shape[1],
             prologue_codebook_size=encoder_state.get("semantic_quantizer.embedding.weight", codebook).shape[0],
+            **post_shape,
         ),
         **overrides,
     })
     state = _convert_stack(enc, "enc", "encoder", _null_condition(enc, "enc"))
-    state |= {"encoder.patch_embed.weight": enc.take("enc.input_layer.weight"),
-              "encoder.patch_embed.bias": enc.take("enc.input_layer.bias")}
+    state |= {"encoder.input_proj.weight": enc.take("enc.input_layer.weight"),
+              "encoder.input_proj.bias": enc.take("enc.input_layer.bias")}
+    if post:
+        state |= _convert_stack(enc, "semantic_enc", "prologue_encoder", _null_condition(enc, "semantic_enc"))
+        state |= {"prologue_encoder.input_proj.weight": enc.take("semantic_enc.input_layer.weight"),
+                  "prologue_encoder.input_proj.bias": enc.take("semantic_enc.input_layer.bias")}
     if queries is not None:
-        state["encoder.prologue_queries"] = enc.take("enc.learnable_query")[0]
+        state[f"{'prologue_encoder' if post else 'encoder'}.prologue_queries"] = enc.take(f"{query_encoder}.learnable_query")[0]
     for source, target in (("quantizer", "quantizer"), ("semantic_quantizer", "prologue_quantizer")):
         if source == "quantizer" or queries is not None:
             state |= {f"{target}.{name}": enc.take(f"{source}.{name}")

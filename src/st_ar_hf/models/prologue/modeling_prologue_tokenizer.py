@@ -6,7 +6,9 @@ class there (`ae_no_label=True`, and the AR's class enters as BOS), so these con
 converter folds into the norm weights and the per-channel gates here.
 
 Token layout of the encoder: `[grid^2 patches (row-major)] [num_prologue_tokens learnable queries]`; its outputs at the
-patches are the visual latents, at the queries the prologue latents. The decoder reads the visual codes only.
+patches are the visual latents, at the queries the prologue latents. Prologue-Post (`prologue_encoder_layers > 0`)
+keeps a plain 2D patch encoder and appends the queries in a separate prologue encoder over its output. The decoder
+reads the visual codes only.
 """
 
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ class PrologueTokenizerEncoderOutput(ModelOutput):
     prologue_one_hot: [B, num_prologue_tokens, prologue_codebook_size], one-hot in value, with the gradient of
         `softmax(cos / prologue_temperature)`: the path by which an AR prior's cross-entropy trains the encoder.
     latents: l2-normalised visual latents [B, h * w, codebook_embed_dim].
-    hidden_states: the encoder's output [B, h * w + num_prologue_tokens, hidden_size].
+    hidden_states: the (patch) encoder's output [B, h * w (+ num_prologue_tokens unless Prologue-Post), hidden_size].
     """
 
     indices: torch.LongTensor | None = None
@@ -115,21 +117,22 @@ class PrologueRotaryEmbedding(nn.Module):
         return self.cos[position_ids], self.sin[position_ids]
 
 
-class PrologueEncoderRotary(PrologueRotaryEmbedding):
+class PrologueGridRotary(PrologueRotaryEmbedding):
     @staticmethod
     def angles(config: PrologueTokenizerConfig) -> torch.Tensor:
-        """Patches on (row, column) with base rope_theta_patches, then the queries on the sequence axis with base
+        """The patches on (row, column) with base rope_theta_patches."""
+        return rope_angles(grid_position_ids(config.grid_size), config.rope_axes_dim, config.rope_theta_patches)
+
+
+class PrologueGridQueriesRotary(PrologueRotaryEmbedding):
+    @staticmethod
+    def angles(config: PrologueTokenizerConfig) -> torch.Tensor:
+        """The patches as in `PrologueGridRotary`, then the prologue queries on the sequence axis with base
         rope_theta_prologue."""
         queries = torch.arange(config.num_prologue_tokens)
         query_ids = torch.stack([torch.zeros_like(queries), torch.zeros_like(queries), queries], dim=1)
-        return torch.cat([rope_angles(grid_position_ids(config.grid_size), config.rope_axes_dim, config.rope_theta_patches),
+        return torch.cat([PrologueGridRotary.angles(config),
                           rope_angles(query_ids, config.rope_axes_dim, config.rope_theta_prologue)])
-
-
-class PrologueDecoderRotary(PrologueRotaryEmbedding):
-    @staticmethod
-    def angles(config: PrologueTokenizerConfig) -> torch.Tensor:
-        return rope_angles(grid_position_ids(config.grid_size), config.rope_axes_dim, config.rope_theta_patches)
 
 
 class PrologueLinear(nn.Linear):
@@ -253,21 +256,24 @@ class PrologueQuantizer(nn.Module):
 
 
 class PrologueEncoder(nn.Module):
-    def __init__(self, config: PrologueTokenizerConfig):
-        super().__init__()
-        width = config.hidden_size
-        self.patch_embed = nn.Linear(config.patch_dim, width)
-        # [num_prologue_tokens, hidden]; a 2D tokenizer has none
-        self.prologue_queries = nn.Parameter(torch.zeros(config.num_prologue_tokens, width)) if config.num_prologue_tokens else None
-        self.layers = nn.ModuleList(
-            PrologueBlock(width, config.num_encoder_heads, round(width * config.mlp_ratio), bias=True)
-            for _ in range(config.num_encoder_layers)
-        )
-        self.rotary_emb = PrologueEncoderRotary(config)
+    """Bidirectional blocks over `[input tokens] [prologue queries]`. Prologue's encoder reads the patches and
+    appends the queries; Prologue-Post has two: a 2D patch encoder (no queries) and a prologue encoder that reads the
+    patch encoder's output and appends the queries."""
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """patches [B, N, patch_dim] -> hidden [B, N + num_prologue_tokens, hidden] (bidirectional)."""
-        x = self.patch_embed(patches)
+    def __init__(self, config: PrologueTokenizerConfig, input_dim: int, hidden_size: int, num_layers: int,
+                 num_heads: int, mlp_ratio: float, with_queries: bool):
+        super().__init__()
+        self.input_proj = nn.Linear(input_dim, hidden_size)
+        # [num_prologue_tokens, hidden]
+        self.prologue_queries = nn.Parameter(torch.zeros(config.num_prologue_tokens, hidden_size)) if with_queries else None
+        self.layers = nn.ModuleList(
+            PrologueBlock(hidden_size, num_heads, round(hidden_size * mlp_ratio), bias=True) for _ in range(num_layers)
+        )
+        self.rotary_emb = PrologueGridQueriesRotary(config) if with_queries else PrologueGridRotary(config)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs [B, N, input_dim] -> hidden [B, N (+ num_prologue_tokens), hidden]."""
+        x = self.input_proj(inputs)
         if self.prologue_queries is not None:
             x = torch.cat([x, self.prologue_queries.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
         rotary = self.rotary_emb()
@@ -287,7 +293,7 @@ class PrologueDecoder(nn.Module):
         )
         self.norm = PrologueRMSNorm(width)
         self.to_patches = nn.Linear(width, config.patch_dim)
-        self.rotary_emb = PrologueDecoderRotary(config)
+        self.rotary_emb = PrologueGridRotary(config)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """visual code vectors [B, N, E] -> patches [B, N, patch_dim]."""
@@ -318,25 +324,33 @@ class PrologueTokenizer(PreTrainedModel):
 
     def __init__(self, config: PrologueTokenizerConfig):
         super().__init__(config)
-        self.encoder = PrologueEncoder(config)
+        self.encoder = PrologueEncoder(config, config.patch_dim, config.hidden_size, config.num_encoder_layers,
+                                       config.num_encoder_heads, config.mlp_ratio,
+                                       with_queries=config.num_prologue_tokens > 0 and not config.is_post)
         self.quantizer = PrologueQuantizer(config.hidden_size, config.codebook_size, config.codebook_embed_dim)
-        self.prologue_quantizer = (
-            PrologueQuantizer(config.hidden_size, config.prologue_codebook_size, config.codebook_embed_dim)
-            if config.num_prologue_tokens else None
-        )
+        self.prologue_encoder = self.prologue_quantizer = None
+        if config.is_post:
+            self.prologue_encoder = PrologueEncoder(
+                config, config.hidden_size, config.prologue_encoder_hidden_size, config.prologue_encoder_layers,
+                config.prologue_encoder_heads, config.prologue_encoder_mlp_ratio, with_queries=True,
+            )
+        if config.num_prologue_tokens:
+            width = config.prologue_encoder_hidden_size if config.is_post else config.hidden_size
+            self.prologue_quantizer = PrologueQuantizer(width, config.prologue_codebook_size, config.codebook_embed_dim)
         self.decoder = PrologueDecoder(config)
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)  # N(0, initializer_range) for linears and embeddings
+        # leaves are matched by identity: transformers skips modules without parameters of their own (a quantiser)
         std = self.config.initializer_range
         if isinstance(module, PrologueEncoder) and module.prologue_queries is not None:
             init.normal_(module.prologue_queries, std=std)
-        elif isinstance(module, PrologueQuantizer):  # SimVQ's init
-            init.normal_(module.embedding.weight, std=self.config.codebook_embed_dim**-0.5)
-        elif isinstance(module, PrologueDecoder):
-            init.normal_(module.to_patches.weight, std=std * 1e-5)  # the original's zero-out output layer
+        elif module is self.quantizer.embedding or module is getattr(self.prologue_quantizer, "embedding", None):
+            init.normal_(module.weight, std=self.config.codebook_embed_dim**-0.5)  # SimVQ's init
+        elif module is self.decoder.to_patches:
+            init.normal_(module.weight, std=std * 1e-5)  # the original's zero-out output layer
         init_block_modules(module)
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -367,7 +381,8 @@ class PrologueTokenizer(PreTrainedModel):
         quantized = latents + (self.quantizer.codes(indices) - latents).detach()
         prologue_indices = prologue_one_hot = None
         if self.prologue_quantizer is not None:
-            _, similarity, prologue_indices = self.prologue_quantizer(hidden[:, num_patches:])
+            prologue_hidden = (self.prologue_encoder(hidden) if self.prologue_encoder is not None else hidden)[:, num_patches:]
+            _, similarity, prologue_indices = self.prologue_quantizer(prologue_hidden)
             probs = (similarity / self.config.prologue_temperature).softmax(-1)
             hard = F.one_hot(prologue_indices, self.config.prologue_codebook_size).to(probs.dtype)
             prologue_one_hot = probs + (hard - probs).detach()
@@ -392,14 +407,15 @@ class PrologueTokenizer(PreTrainedModel):
         """visual code vectors [B, h * w, E] -> pixels [B, 3, H, W]."""
         return self.unpatchify(self.decoder(codes))
 
-    def forward(self, pixel_values: torch.FloatTensor) -> PrologueTokenizerOutput:
-        """Reconstruction through the straight-through visual codes, with the visual VQ losses."""
+    def forward(self, pixel_values: torch.FloatTensor, decode: bool = True) -> PrologueTokenizerOutput:
+        """Reconstruction through the straight-through visual codes, with the visual VQ losses. `decode=False` skips
+        the decoder (reconstruction None), for Prologue-Post's prologue stage, whose visual path is frozen."""
         encoded = self.encode(pixel_values)
         codes = self.quantizer.codes(encoded.indices.flatten(1))
         codebook_loss = (codes - encoded.latents.detach()).pow(2).mean()
         commitment_loss = self.config.commit_loss_beta * (codes.detach() - encoded.latents).pow(2).mean()
         return PrologueTokenizerOutput(
-            reconstruction=self.decode_codes(encoded.quantized), codebook_loss=codebook_loss,
+            reconstruction=self.decode_codes(encoded.quantized) if decode else None, codebook_loss=codebook_loss,
             commitment_loss=commitment_loss, indices=encoded.indices, prologue_indices=encoded.prologue_indices,
             prologue_one_hot=encoded.prologue_one_hot,
         )
