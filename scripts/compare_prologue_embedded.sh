@@ -6,9 +6,11 @@
 # (temperature 1) and score them (training/evaluate_digits.py: FID on EfficientNet-Lite0 features against the 500
 # test digits, class accuracy by a digit classifier trained on the train split); then the tokenizers' reconstruction,
 # the linear probe on the prologue tokens against the first visual tokens, and a grid of prologue-fixed resamples
-# (training/evaluate_prologue_digits.py). Results in runs/prologue_embedded/compare/ and a table on stdout.
-# RUN=<folder> and PROLOGUE_ARGS="--flag value ..." run a variant of the Prologue tokenizer elsewhere (parts already in
-# the folder, e.g. a copied 2D baseline, are kept).
+# (training/evaluate_prologue_digits.py). Results in runs/prologue_embedded/compare/ and a table on stdout, with the
+# time of each phase.
+# POST=1 adds Prologue-Post (prologue_post_tokenizer_embedded.yaml: a prologue encoder over the frozen 2D tokenizer)
+# as a third row. RUN=<folder> and PROLOGUE_ARGS="--flag value ..." run a variant of the Prologue tokenizer elsewhere
+# (parts already in the folder, e.g. a copied 2D baseline, are kept). Every finished part is kept: a rerun resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
@@ -17,39 +19,66 @@ run=${RUN:-runs/prologue_embedded}
 out=$run/compare
 export OUT=$out
 mkdir -p $out
-for kind in prologue 2d; do
-  config=training/configs/$([ $kind = prologue ] && echo prologue_tokenizer_embedded || echo tokenizer_2d_embedded).yaml
-  extra=$([ $kind = prologue ] && echo "${PROLOGUE_ARGS:-}" || true)
-  [ -f $run/tokenizer_$kind/vqvae/config.json ] || launch training/train_tokenizer.py --config $config \
-      --output_dir $run/tokenizer_$kind $extra > $out/tokenizer_$kind.log 2>&1 &
-done
+kinds="prologue 2d$([ "${POST:-0}" = 1 ] && echo " post" || true)"
+timings=()
+phase_done() { timings+=("$1: $((SECONDS - phase_start)) s"); phase_start=$SECONDS; }
+pairwise() {  # run the given commands (one string each) two at a time
+  while [ $# -gt 0 ]; do
+    eval "$1" & [ $# -gt 1 ] && eval "$2" &
+    wait
+    shift $(( $# > 1 ? 2 : 1 ))
+  done
+}
+phase_start=$SECONDS
+
+tokenizer() {  # kind config [extra args]
+  [ -f $run/tokenizer_$1/vqvae/config.json ] || launch training/train_tokenizer.py --config training/configs/$2.yaml \
+      --output_dir $run/tokenizer_$1 "${@:3}" > $out/tokenizer_$1.log 2>&1
+}
+tokenizer prologue prologue_tokenizer_embedded ${PROLOGUE_ARGS:-} & tokenizer 2d tokenizer_2d_embedded &
 wait
-for kind in prologue 2d; do
+[[ $kinds == *post* ]] && tokenizer post prologue_post_tokenizer_embedded --model $run/tokenizer_2d/vqvae
+phase_done tokenizers
+
+for kind in $kinds; do
   [ -f $run/codes_$kind/codes_info.json ] || python training/extract_codes.py --embedded_dataset_dir runs/data/mnist5k \
       --vqvae $run/tokenizer_$kind/vqvae --image_size 24 --ten_crop false --batch_size 250 \
       --output_dir $run/codes_$kind > $out/codes_$kind.log 2>&1 &
 done
 wait
+phase_done codes
+
+jobs=()
 for seed in 0 1 2; do
-  for kind in prologue 2d; do
-    [ -f $run/ar_$kind-$seed/pipeline/model_index.json ] || launch training/train.py --config training/configs/prologue_ar_embedded.yaml \
-        --train_codes $run/codes_$kind --seed $seed --output_dir $run/ar_$kind-$seed \
-        --validation_steps 0 > $out/ar_$kind-$seed.log 2>&1 &
+  for kind in $kinds; do
+    [ -f $run/ar_$kind-$seed/pipeline/model_index.json ] || jobs+=("launch training/train.py --config \
+        training/configs/prologue_ar_embedded.yaml --train_codes $run/codes_$kind --seed $seed \
+        --output_dir $run/ar_$kind-$seed --validation_steps 0 > $out/ar_$kind-$seed.log 2>&1")
   done
-  wait
 done
-samples=()
+pairwise "${jobs[@]}"
+phase_done ARs
+
+jobs=() samples=()
 for seed in 0 1 2; do
-  for kind in prologue 2d; do
-    [ -f $out/$kind-$seed.npz ] || launch --num_cpu_threads_per_process 2 training/sample_ddp.py --model $run/ar_$kind-$seed/pipeline \
-        --num_samples 500 --per_class --guidance_scale 1 --temperature 1 --batch_size 100 --seed $seed --out $out/$kind-$seed.npz
+  for kind in $kinds; do
+    [ -f $out/$kind-$seed.npz ] || jobs+=("launch training/sample_ddp.py --model $run/ar_$kind-$seed/pipeline \
+        --num_samples 500 --per_class --guidance_scale 1 --temperature 1 --batch_size 100 --seed $seed \
+        --out $out/$kind-$seed.npz > $out/sample_$kind-$seed.log 2>&1")
     samples+=($out/$kind-$seed.npz)
   done
 done
+pairwise "${jobs[@]}"
+phase_done sampling
+
 python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k --samples "${samples[@]}" --out $out/generation.json
+phase_done "scoring the samples"
 python training/evaluate_prologue_digits.py --embedded_dataset_dir runs/data/mnist5k --prologue $run/tokenizer_prologue/vqvae \
-    --baseline $run/tokenizer_2d/vqvae --pipeline $run/ar_prologue-0/pipeline --out $out/tokenizers.json
-python - <<'PY'
+    --baseline $run/tokenizer_2d/vqvae $([[ $kinds == *post* ]] && echo "--post $run/tokenizer_post/vqvae" || true) \
+    --pipeline $run/ar_prologue-0/pipeline --out $out/tokenizers.json
+phase_done "scoring the tokenizers"
+printf '%s\n' "${timings[@]}" "total: $SECONDS s"
+KINDS="$kinds" python - <<'PY'
 import json
 import os
 import numpy as np
@@ -58,14 +87,16 @@ generation, tokenizers = json.load(open(f"{out}/generation.json")), json.load(op
 rows = {k.split("/")[-1][:-4]: v for k, v in generation["samples"].items()}
 print(f"digit classifier on the test split: {generation['classifier_test_accuracy']:.3f}")
 print("| tokenizer | gFID, no CFG (seeds 0-2) | class accuracy, no CFG | PSNR | SSIM | rFID | linear probe |\n|---|---|---|---|---|---|---|")
-for kind in ("2d", "prologue"):
+kinds = sorted(os.environ["KINDS"].split(), key=["2d", "prologue", "post"].index)
+for kind in kinds:
     fid = np.array([rows[f"{kind}-{s}"]["fid"] for s in range(3)])
     acc = np.array([rows[f"{kind}-{s}"]["class_accuracy"] for s in range(3)])
     t = tokenizers[kind]
     probe = t.get("probe_prologue_tokens", next(v for k, v in t.items() if k.startswith("probe_first")))
     print(f"| {kind} | {fid.mean():.2f} ± {fid.std(ddof=1):.2f} | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} | "
           f"{t['psnr']:.2f} | {t['ssim']:.3f} | {t['rfid']:.2f} | {probe:.3f} |")
-for s in range(3):
-    p, b = rows[f"prologue-{s}"], rows[f"2d-{s}"]
-    print(f"seed {s}: Prologue - 2D: gFID {p['fid'] - b['fid']:+.2f}, accuracy {p['class_accuracy'] - b['class_accuracy']:+.3f}")
+for kind in kinds[1:]:
+    for s in range(3):
+        p, b = rows[f"{kind}-{s}"], rows[f"2d-{s}"]
+        print(f"seed {s}: {kind} - 2d: gFID {p['fid'] - b['fid']:+.2f}, accuracy {p['class_accuracy'] - b['class_accuracy']:+.3f}")
 PY

@@ -89,11 +89,14 @@ def main() -> None:
     parser.add_argument("--embedded_dataset_dir", type=Path, required=True)
     parser.add_argument("--prologue", required=True, help="the Prologue tokenizer folder")
     parser.add_argument("--baseline", required=True, help="the 2D tokenizer folder")
+    parser.add_argument("--post", help="a Prologue-Post tokenizer folder, measured as well")
     parser.add_argument("--pipeline", help="a Prologue STARPipeline: also write the resample grid beside --out")
     parser.add_argument("--out", type=Path, required=True, help="JSON results")
     args = parser.parse_args()
     tokenizers = {"prologue": PrologueTokenizer.from_pretrained(args.prologue).eval(),
                   "2d": PrologueTokenizer.from_pretrained(args.baseline).eval()}
+    if args.post:
+        tokenizers["post"] = PrologueTokenizer.from_pretrained(args.post).eval()
     size = tokenizers["prologue"].config.image_size
     train_images, train_labels = load_split(args.embedded_dataset_dir, "train", size)
     test_images, test_labels = load_split(args.embedded_dataset_dir, "test", size)
