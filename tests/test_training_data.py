@@ -1,6 +1,8 @@
 """Streaming data: transforms, per-process split, resumption, corrupt images, the embedded dataset."""
 
+import concurrent.futures
 import io
+import multiprocessing
 
 import numpy as np
 import PIL.Image
@@ -101,7 +103,11 @@ def test_missing_column_names_the_flag(shards):
 
 
 def test_embedded_dataset_has_imagenet_schema(tmp_path):
-    out = write_embedded_dataset(tmp_path / "mnist")
+    # two processes racing to create it (two demo runs started side by side) both succeed, with one complete set
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outs = list(pool.map(write_embedded_dataset, [tmp_path / "mnist"] * 2))
+    out = outs[0]
+    assert sorted(p.name for p in out.iterdir()) == ["test-00000.parquet"] + [f"train-0000{i}.parquet" for i in range(4)]
     train = load_stream(data_files=str(out / "train-*.parquet"))
     assert train.num_shards == 4 and class_names(train, "label") == MNIST_NAMES
     labels = [example["label"] for example in train]

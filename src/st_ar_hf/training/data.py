@@ -8,6 +8,8 @@ import gzip
 import importlib.resources
 import io
 import json
+import os
+import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -274,10 +276,14 @@ def write_embedded_dataset(out_dir: str | Path, num_train_shards: int = 4, test_
         Dataset.from_dict({"image": images, "label": labels[indices].tolist()}, features=features).to_parquet(str(path))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # each writer (processes may race to create the set) fills its own folder, then moves the files in atomically
+    private = Path(tempfile.mkdtemp(dir=out_dir, prefix=".writing-"))
     train = np.random.default_rng(0).permutation(np.flatnonzero(~is_test))  # the CSV is sorted by class
-    for i, part in enumerate(np.array_split(train, num_train_shards)):
-        shard(part, out_dir / f"train-{i:05d}.parquet.tmp")
-    shard(np.flatnonzero(is_test), out_dir / "test-00000.parquet")
-    for i in reversed(range(num_train_shards)):  # train-00000 appears last: its presence means the set is complete
-        (out_dir / f"train-{i:05d}.parquet.tmp").rename(out_dir / f"train-{i:05d}.parquet")
+    names = [f"train-{i:05d}.parquet" for i in range(num_train_shards)]
+    for name, part in zip(names, np.array_split(train, num_train_shards)):
+        shard(part, private / name)
+    shard(np.flatnonzero(is_test), private / "test-00000.parquet")
+    for name in ["test-00000.parquet", *reversed(names)]:  # train-00000 appears last: then the set is complete
+        os.replace(private / name, out_dir / name)
+    private.rmdir()
     return out_dir
