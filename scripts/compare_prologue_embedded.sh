@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The embedded Prologue demo: on the MNIST-5k digits, train the small Prologue tokenizer jointly with its AR prior
-# (prologue_tokenizer_embedded.yaml) and, with the same budget, the plain 2D tokenizer (tokenizer_2d_embedded.yaml),
-# side by side; pre-tokenise the train split with each (centre crop and its flip); train the same small AR on each
-# for seeds 0, 1 and 2, two runs side by side; sample 50 digits per class from every AR without guidance
-# (temperature 1) and score them (training/evaluate_digits.py: FID on EfficientNet-Lite0 features against the 500
-# test digits, class accuracy by a digit classifier trained on the train split); then the tokenizers' reconstruction,
-# the linear probe on the prologue tokens against the first visual tokens, and a grid of prologue-fixed resamples
-# (training/evaluate_prologue_digits.py). Results in runs/prologue_embedded/compare/ and a table on stdout, with the
-# time of each phase.
+# (prologue_tokenizer_embedded.yaml) and, with the same budget, the plain 2D tokenizer (tokenizer_2d_embedded.yaml);
+# pre-tokenise the train split with each (centre crop and its flip); train the same small AR on each for seeds 0, 1
+# and 2; sample 50 digits per class from every AR without guidance (temperature 1) and score them
+# (training/evaluate_digits.py: FID on EfficientNet-Lite0 features against the 500 test digits, class accuracy by a
+# digit classifier trained on the train split); measure the tokenizers' reconstruction, the linear probe on the
+# prologue tokens against the first visual tokens, and a grid of prologue-fixed resamples
+# (training/evaluate_prologue_digits.py). Two parts run at a time, each as soon as its inputs exist. Results in
+# runs/prologue_embedded/compare/ (one log per part) and a table on stdout.
 # POST=1 adds Prologue-Post (prologue_post_tokenizer_embedded.yaml: a prologue encoder over the frozen 2D tokenizer)
 # as a third row. RUN=<folder> and PROLOGUE_ARGS="--flag value ..." run a variant of the Prologue tokenizer elsewhere
-# (parts already in the folder, e.g. a copied 2D baseline, are kept). Every finished part is kept: a rerun resumes.
+# (parts already in the folder, e.g. a copied 2D baseline, are kept). TOKENIZER_STEPS and AR_STEPS change the
+# budgets of the configs (400 and 300, which fit the run in about 15 minutes). Every finished part is kept: a rerun
+# resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
@@ -20,64 +22,64 @@ out=$run/compare
 export OUT=$out
 mkdir -p $out
 kinds="prologue 2d$([ "${POST:-0}" = 1 ] && echo " post" || true)"
-timings=()
-phase_done() { timings+=("$1: $((SECONDS - phase_start)) s"); phase_start=$SECONDS; }
-pairwise() {  # run the given commands (one string each) two at a time
-  while [ $# -gt 0 ]; do
-    eval "$1" & [ $# -gt 1 ] && eval "$2" &
-    wait
-    shift $(( $# > 1 ? 2 : 1 ))
-  done
-}
-phase_start=$SECONDS
+data=runs/data/mnist5k
 
-tokenizer() {  # kind config [extra args]
-  [ -f $run/tokenizer_$1/vqvae/config.json ] || launch training/train_tokenizer.py --config training/configs/$2.yaml \
-      --output_dir $run/tokenizer_$1 "${@:3}" > $out/tokenizer_$1.log 2>&1
-}
-tokenizer prologue prologue_tokenizer_embedded ${PROLOGUE_ARGS:-} & tokenizer 2d tokenizer_2d_embedded &
-wait
-[[ $kinds == *post* ]] && tokenizer post prologue_post_tokenizer_embedded --model $run/tokenizer_2d/vqvae
-phase_done tokenizers
-
-for kind in $kinds; do
-  [ -f $run/codes_$kind/codes_info.json ] || python training/extract_codes.py --embedded_dataset_dir runs/data/mnist5k \
-      --vqvae $run/tokenizer_$kind/vqvae --image_size 24 --ten_crop false --batch_size 250 \
-      --output_dir $run/codes_$kind > $out/codes_$kind.log 2>&1 &
-done
-wait
-phase_done codes
-
+# Every part is a job "files it needs|command"; two run at a time, each as soon as what it needs exists (listed in
+# priority order), so neither core waits for the other's phase to end.
 jobs=()
-for seed in 0 1 2; do
-  for kind in $kinds; do
-    [ -f $run/ar_$kind-$seed/pipeline/model_index.json ] || jobs+=("launch training/train.py --config \
-        training/configs/prologue_ar_embedded.yaml --train_codes $run/codes_$kind --seed $seed \
-        --output_dir $run/ar_$kind-$seed --validation_steps 0 > $out/ar_$kind-$seed.log 2>&1")
-  done
+add() { jobs+=("$1|$2"); }
+declare -A tokenizer_config=([prologue]=prologue_tokenizer_embedded [2d]=tokenizer_2d_embedded [post]=prologue_post_tokenizer_embedded)
+for kind in $kinds; do
+  need=$([ $kind = post ] && echo $run/tokenizer_2d/vqvae/config.json || true)
+  extra=$([ $kind = prologue ] && echo "${PROLOGUE_ARGS:-}" || ([ $kind = post ] && echo "--model $run/tokenizer_2d/vqvae") || true)
+  [ -f $run/tokenizer_$kind/vqvae/config.json ] || add "$need" "launch training/train_tokenizer.py \
+      --config training/configs/${tokenizer_config[$kind]}.yaml --output_dir $run/tokenizer_$kind $extra \
+      ${TOKENIZER_STEPS:+--max_train_steps $TOKENIZER_STEPS} > $out/tokenizer_$kind.log 2>&1"
+  [ -f $run/codes_$kind/codes_info.json ] || add $run/tokenizer_$kind/vqvae/config.json "OMP_NUM_THREADS=1 python \
+      training/extract_codes.py --embedded_dataset_dir $data --vqvae $run/tokenizer_$kind/vqvae --image_size 24 \
+      --ten_crop false --batch_size 250 --output_dir $run/codes_$kind > $out/codes_$kind.log 2>&1"
 done
-pairwise "${jobs[@]}"
-phase_done ARs
-
-jobs=() samples=()
+samples=()
 for seed in 0 1 2; do
   for kind in $kinds; do
-    [ -f $out/$kind-$seed.npz ] || jobs+=("launch training/sample_ddp.py --model $run/ar_$kind-$seed/pipeline \
-        --num_samples 500 --per_class --guidance_scale 1 --temperature 1 --batch_size 100 --seed $seed \
-        --out $out/$kind-$seed.npz > $out/sample_$kind-$seed.log 2>&1")
+    [ -f $run/ar_$kind-$seed/pipeline/model_index.json ] || add $run/codes_$kind/codes_info.json "launch training/train.py \
+        --config training/configs/prologue_ar_embedded.yaml --train_codes $run/codes_$kind --seed $seed \
+        --output_dir $run/ar_$kind-$seed --validation_steps 0 ${AR_STEPS:+--max_train_steps $AR_STEPS} \
+        > $out/ar_$kind-$seed.log 2>&1"
+    [ -f $out/$kind-$seed.npz ] || add $run/ar_$kind-$seed/pipeline/model_index.json "launch training/sample_ddp.py \
+        --model $run/ar_$kind-$seed/pipeline --num_samples 500 --per_class --guidance_scale 1 --temperature 1 \
+        --batch_size 100 --seed $seed --out $out/$kind-$seed.npz > $out/sample_$kind-$seed.log 2>&1"
     samples+=($out/$kind-$seed.npz)
   done
 done
-pairwise "${jobs[@]}"
-phase_done sampling
+tokenizers=$(for kind in $kinds; do echo $run/tokenizer_$kind/vqvae/config.json; done)
+add "$tokenizers $run/ar_prologue-0/pipeline/model_index.json" "OMP_NUM_THREADS=1 python training/evaluate_prologue_digits.py \
+    --embedded_dataset_dir $data --prologue $run/tokenizer_prologue/vqvae --baseline $run/tokenizer_2d/vqvae \
+    $([[ $kinds == *post* ]] && echo "--post $run/tokenizer_post/vqvae" || true) --pipeline $run/ar_prologue-0/pipeline \
+    --out $out/tokenizers.json > $out/score_tokenizers.log 2>&1"
+add "${samples[*]}" "python training/evaluate_digits.py --embedded_dataset_dir $data --samples ${samples[*]} \
+    --out $out/generation.json > $out/score_samples.log 2>&1"
 
-python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k --samples "${samples[@]}" --out $out/generation.json
-phase_done "scoring the samples"
-python training/evaluate_prologue_digits.py --embedded_dataset_dir runs/data/mnist5k --prologue $run/tokenizer_prologue/vqvae \
-    --baseline $run/tokenizer_2d/vqvae $([[ $kinds == *post* ]] && echo "--post $run/tokenizer_post/vqvae" || true) \
-    --pipeline $run/ar_prologue-0/pipeline --out $out/tokenizers.json
-phase_done "scoring the tokenizers"
-printf '%s\n' "${timings[@]}" "total: $SECONDS s"
+pending=("${jobs[@]}") running=0
+while [ ${#pending[@]} -gt 0 ] || [ $running -gt 0 ]; do
+  for i in "${!pending[@]}"; do
+    [ $running -lt 2 ] || break
+    ready=1
+    for file in ${pending[$i]%%|*}; do [ -e $file ] || ready=0; done
+    if [ $ready = 1 ]; then
+      eval "${pending[$i]#*|}" & running=$((running + 1))
+      unset "pending[$i]"
+    fi
+  done
+  if [ $running = 0 ]; then
+    echo "error: these parts wait for files that no finished part wrote (see $out/*.log):" >&2
+    printf '  %s\n' "${pending[@]%%|*}" >&2
+    exit 1
+  fi
+  wait -n || true
+  running=$((running - 1))
+done
+echo "$SECONDS s in all"
 KINDS="$kinds" python - <<'PY'
 import json
 import os

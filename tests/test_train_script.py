@@ -225,3 +225,23 @@ def test_extracted_code_shards_train_and_resume_interrupted_extraction(assets, t
                           vqvae=None, max_train_steps=2))  # the tokenizer comes from codes_info.json
     assert run.returncode == 0, run.stderr[-3000:]
     assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "training" / "configs").glob("*.yaml")))
+def test_every_shipped_config_is_valid(config):
+    """Each config parses into its script's arguments and passes their checks (those made for a dataset given on the
+    command line get one)."""
+    from st_ar_hf.training.arguments import (
+        ARTrainingArguments, ScaleWiseTrainingArguments, TokenizerTrainingArguments, parse_arguments,
+    )
+
+    name = config.removesuffix(".yaml")
+    cls = (TokenizerTrainingArguments if "tokenizer" in name or name == "vq16" else
+           ScaleWiseTrainingArguments if name.startswith(("flexvar", "sar")) else ARTrainingArguments)
+    argv = ["--config", str(ROOT / "training" / "configs" / config)]
+    try:
+        parse_arguments(cls, argv)
+    except ValueError as error:
+        assert "give exactly one data source" in str(error), error
+        images = ["--dataset", "ILSVRC/imagenet-1k"] + (["--vqvae", "converted/vq16"] if cls is ARTrainingArguments else [])
+        parse_arguments(cls, argv + images)

@@ -63,11 +63,11 @@ def linear_probe(train_codes, train_labels, test_codes, test_labels, codebook_si
 
 
 @torch.no_grad()
-def reconstruction_metrics(images: np.ndarray, reconstructions: np.ndarray, network) -> dict[str, float]:
+def reconstruction_metrics(images: np.ndarray, reconstructions: np.ndarray, network, statistics) -> dict[str, float]:
+    """PSNR, SSIM and rFID; `statistics`: the feature mean and covariance of `images`."""
     reference, output = to_pixels(images).add(1).div(2), to_pixels(reconstructions).add(1).div(2)
-    statistics = [gaussian_statistics(compute_features(network, batch)["pool"]) for batch in (images, reconstructions)]
-    return {"psnr": psnr(output, reference).mean().item(), "ssim": ssim(output, reference).mean().item(),
-            "rfid": frechet_distance(*statistics[0], *statistics[1])}
+    rfid = frechet_distance(*gaussian_statistics(compute_features(network, reconstructions)["pool"]), *statistics)
+    return {"psnr": psnr(output, reference).mean().item(), "ssim": ssim(output, reference).mean().item(), "rfid": rfid}
 
 
 def resample_grid(pipeline_dir: str, out: Path, classes=(0, 3, 5, 8), resamples: int = 6) -> None:
@@ -101,12 +101,14 @@ def main() -> None:
     train_images, train_labels = load_split(args.embedded_dataset_dir, "train", size)
     test_images, test_labels = load_split(args.embedded_dataset_dir, "test", size)
     network = feature_network("efficientnet-lite0")
+    with torch.no_grad():
+        test_statistics = gaussian_statistics(compute_features(network, test_images)["pool"])
     num_probe = tokenizers["prologue"].config.num_prologue_tokens
     results = {}
     for name, tokenizer in tokenizers.items():
         train_visual, train_prologue, _ = encode(tokenizer, train_images)
         test_visual, test_prologue, reconstructions = encode(tokenizer, test_images)
-        results[name] = reconstruction_metrics(test_images, reconstructions, network)
+        results[name] = reconstruction_metrics(test_images, reconstructions, network, test_statistics)
         if train_prologue is not None:
             results[name]["probe_prologue_tokens"] = linear_probe(
                 train_prologue, train_labels, test_prologue, test_labels, tokenizer.config.prologue_codebook_size)

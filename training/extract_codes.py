@@ -119,7 +119,8 @@ def main(args: ExtractCodesArguments) -> None:
         logger.info(f"{examples} images encoded into {output_dir}, {skipped} undecodable images skipped")
         source = args.dataset or args.train_data_files or f"the embedded MNIST-5k digits ({args.embedded_dataset_dir})"
         vqvae_path = Path(args.vqvae)
-        (output_dir / "codes_info.json").write_text(json.dumps({  # lets train.py find the tokenizer of these codes
+        info = output_dir / "codes_info.json.partial"
+        info.write_text(json.dumps({  # lets train.py find the tokenizer of these codes; written last: then complete
             "vqvae": str(vqvae_path.resolve()) if vqvae_path.is_dir() else args.vqvae, "image_size": args.image_size,
             "num_crops": num_crops, "grid_size": grid_size, "codebook_size": vqvae.config.codebook_size,
             "num_prologue_tokens": num_prologue,
@@ -128,6 +129,7 @@ def main(args: ExtractCodesArguments) -> None:
                          image_size=args.image_size, crop_range=args.crop_range,
                          num_crops=num_crops, grid_size=grid_size, codebook_size=vqvae.config.codebook_size,
                          num_examples=examples, num_skipped=skipped).save(output_dir / "README.md")
+        info.replace(output_dir / "codes_info.json")
         if args.push_to_hub:
             uploader = BackgroundUploader(args.hub_model_id or output_dir.name, args.hub_private_repo, args.upload_retries,
                                           repo_type="dataset")

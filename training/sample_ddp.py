@@ -89,8 +89,11 @@ def main(args) -> None:
     gathered = accelerator.gather(padded[None]).cpu().numpy()  # [P, per_process, H, W, 3]
     if accelerator.is_main_process:
         samples = gathered.transpose(1, 0, 2, 3, 4).reshape(-1, *local.shape[1:])[: args.num_samples]  # index order
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.out, arr_0=samples, arr_1=labels)
+        out, partial = Path(args.out), Path(f"{args.out}.partial")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as f:  # complete or absent: a reader never sees half a batch
+            np.savez(f, arr_0=samples, arr_1=labels)
+        partial.replace(out)
         print(f"wrote {len(samples)} images of {samples.shape[1]}x{samples.shape[2]} to {args.out}")
     finish_run(accelerator)
 
