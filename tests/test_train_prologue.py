@@ -131,7 +131,7 @@ def phase1(mnist, tmp_path_factory):
         "shuffle_input_shards": 1, "random_flip": False, "eval_steps": 60, "eval_images": 32, "disc_start": 30,
         "disc_layers": 1, "disc_base_channels": 8, "disc_loss": "vanilla", "disc_weight": 0.1,
         "disc_lecam_weight": 0.001, "disc_r1_weight": 0.01, "disc_r1_interval": 2,
-        "reconstruction_loss": "l1", "prior_prologue_weight": 3.0, "prior_visual_weight": 3.0, "prior_config": PRIOR,
+        "reconstruction_loss": "l1+l2", "prior_prologue_weight": 3.0, "prior_visual_weight": 3.0, "prior_config": PRIOR,
         "prior_learning_rate": 2e-3, "prior_ema_decay": 0.9}, tmp_path, "tokenizer")
     assert run.returncode == 0, run.stderr[-3000:]
     codes = subprocess.run([sys.executable, str(ROOT / "training" / "extract_codes.py"), "--embedded_dataset_dir",

@@ -53,6 +53,8 @@ from st_ar_hf.training.tracking import finish_run, log_image, log_metrics, make_
 from st_ar_hf.training.vq_losses import GAN_LOSSES, LPIPS, LeCamRegularizer, PatchGANDiscriminator, r1_penalty
 
 logger = get_logger(__name__)
+RECONSTRUCTION_LOSSES = {"l2": F.mse_loss, "l1": F.l1_loss,
+                         "l1+l2": lambda output, target: F.l1_loss(output, target) + F.mse_loss(output, target)}
 
 
 def build_transform(args: TokenizerTrainingArguments):
@@ -199,7 +201,7 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
                 terms = {}
                 if args.train_visual:
                     reconstruction = out.reconstruction.float()
-                    distance = F.mse_loss if args.reconstruction_loss == "l2" else F.l1_loss
+                    distance = RECONSTRUCTION_LOSSES[args.reconstruction_loss]
                     terms = {"reconstruction": args.reconstruction_weight * distance(reconstruction, pixel_values),
                              **quantizer_terms(out)}
                     if perceptual is not None:

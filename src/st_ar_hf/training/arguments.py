@@ -412,7 +412,7 @@ class TokenizerTrainingArguments(RunArguments):
                 "2D tokenizer) or a pretrained tokenizer folder"})
     model_config: dict | None = field(default=None, metadata={
         "help": "LlamaGenVQVAEConfig / VARVQVAEConfig / PrologueTokenizerConfig overrides, as JSON"})
-    reconstruction_loss: str = field(default="l2", metadata={"help": "l2 or l1"})
+    reconstruction_loss: str = field(default="l2", metadata={"help": "l2 (LlamaGen), l1, or l1+l2 (Prologue)"})
     reconstruction_weight: float = 1.0
     min_crop_fraction: float = field(default=0.8, metadata={"help": "random crops cover this to 1.0 of the short side"})
     random_flip: bool = True
@@ -457,8 +457,8 @@ class TokenizerTrainingArguments(RunArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.reconstruction_loss not in ("l1", "l2"):
-            raise ValueError(f"--reconstruction_loss must be l1 or l2, got {self.reconstruction_loss!r}")
+        if self.reconstruction_loss not in ("l1", "l2", "l1+l2"):
+            raise ValueError(f"--reconstruction_loss must be l1, l2 or l1+l2, got {self.reconstruction_loss!r}")
         if not 0 < self.min_crop_fraction <= 1:
             raise ValueError(f"--min_crop_fraction must lie in (0, 1], got {self.min_crop_fraction}")
         if (self.perceptual_vgg16 is None) != (self.perceptual_lpips is None):
