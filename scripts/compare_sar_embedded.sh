@@ -2,7 +2,7 @@
 # The embedded SAR demo: on the MNIST-5k digits, pre-train a small FlexVAR by teacher forcing (after its tokenizer),
 # then continue it for the same 200 steps twice from the same checkpoint, by teacher forcing alone
 # (sar_embedded_tf.yaml) and with SAR (sar_embedded.yaml), for seeds 0, 1 and 2, two runs side by side; sample 50
-# digits per class from every model with the same noise and score them (training/evaluate_digits.py: FID on
+# digits per class from every model with the same noise (two at a time) and score them (training/evaluate_digits.py: FID on
 # EfficientNet-Lite0 features against the 500 test digits, class accuracy by a digit classifier trained on the train
 # split). Results in runs/sar_embedded/compare/results.json and a summary table on stdout.
 set -euo pipefail
@@ -22,11 +22,13 @@ for seed in 0 1 2; do
   wait
 done
 samples=()
-for model in pretrain tf-0 sar-0 tf-1 sar-1 tf-2 sar-2; do
-  [ -f $out/$model.npz ] || launch --num_cpu_threads_per_process 2 training/sample_ddp.py --model runs/sar_embedded/$model/pipeline --num_samples 500 \
-      --per_class --guidance_scale 1.5 --batch_size 100 --out $out/$model.npz
+for model in pretrain tf-0 sar-0 tf-1 sar-1 tf-2 sar-2; do  # two samplers at a time, one thread each
+  [ -f $out/$model.npz ] || launch training/sample_ddp.py --model runs/sar_embedded/$model/pipeline --num_samples 500 \
+      --per_class --guidance_scale 1.5 --batch_size 100 --out $out/$model.npz > $out/sample_$model.log 2>&1 &
   samples+=($out/$model.npz)
+  [ $(( ${#samples[@]} % 2 )) = 1 ] || wait
 done
+wait
 python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k --samples "${samples[@]}" --out $out/results.json
 python - <<'PY'
 import json
