@@ -14,7 +14,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from measure import matmul_peak_flops, timed
+from measure import interleaved_best, matmul_peak_flops
 
 from st_ar_hf import PrologueTokenizer, PrologueTokenizerConfig
 from st_ar_hf.training.prologue import ProloguePriorObjective, build_prior
@@ -62,11 +62,7 @@ def main():
             prior_optimizer.step()
             prior_optimizer.zero_grad(set_to_none=True)
 
-    step(True), step(False)  # warm-up
-    best = {"plain": float("inf"), "joint": float("inf")}
-    for _ in range(args.repeats):  # interleaved, so that a slow phase of a shared machine hits both
-        for name in best:
-            best[name] = min(best[name], timed(lambda: step(name == "joint"), repeats=1, warmup=0))
+    best = interleaved_best([("plain", lambda: step(False)), ("joint", lambda: step(True))], args.repeats, set())
     peak = matmul_peak_flops(torch.float32, device)
     num_patches = config.grid_size**2
     tokens = args.batch * (num_patches + config.num_prologue_tokens)

@@ -9,9 +9,11 @@ Prologue's `PrologueTokenizer` with its joint AR prior (phase 1; `st_ar_hf.train
 
 LlamaGen's objective: reconstruction (L2 or L1) + perceptual (LPIPS-VGG, when its weights are given) + codebook +
 commitment (+ entropy) + disc_weight * hinge (or vanilla) generator loss from `disc_start` on, with a PatchGAN
-discriminator trained by its own Adam (LeCam and R1 optional, as Prologue's); Adam (0.9, 0.95) for the tokenizer, optional EMA. Prologue adds the prior's
-CE (sub-step A, its weights constant) and the prior's own AdamW step on the detached codes (sub-step B, beside the
-discriminator's); the prologue's code usage per position is logged and the prior exported to `<output_dir>/prior`.
+discriminator trained by its own Adam (LeCam and R1 optional, as Prologue's); Adam (0.9, 0.95) for the tokenizer,
+optional EMA. Prologue adds the prior's CE (sub-step A, its weights constant) and the prior's own AdamW step on the
+detached codes (sub-step B, beside the discriminator's); the prologue's code usage per position is logged and the
+prior exported to `<output_dir>/prior`. With `--train_visual false` (Prologue-Post) only the prior's sub-steps train
+the prologue encoder.
 Writes `checkpoint-<step>` folders, reconstruction grids (inputs above outputs), held-out PSNR / SSIM / codebook
 usage, and the tokenizer in `<output_dir>/vqvae`, which `train.py`, `extract_codes.py` and `STARPipeline` accept.
 """
@@ -148,13 +150,13 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
     if args.ema_decay is not None:
         ema = copy.deepcopy(vqvae).to(accelerator.device).eval().requires_grad_(False)
     perceptual = None
-    if args.perceptual_weight > 0 and args.perceptual_vgg16 is not None:
+    if args.train_visual and args.perceptual_weight > 0 and args.perceptual_vgg16 is not None:
         perceptual = LPIPS.from_files(args.perceptual_vgg16, args.perceptual_lpips).to(accelerator.device)
-    elif args.perceptual_weight > 0:
+    elif args.train_visual and args.perceptual_weight > 0:
         logger.warning("no perceptual network (--perceptual_vgg16 and --perceptual_lpips not given): training "
                        "without the perceptual loss")
-    optimizer = torch.optim.AdamW([p for p in vqvae.parameters() if p.requires_grad], lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay)
+    optimizer = torch.optim.AdamW([p for p in vqvae.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
     vqvae, optimizer, lr_scheduler = accelerator.prepare(vqvae, optimizer, lr_scheduler)

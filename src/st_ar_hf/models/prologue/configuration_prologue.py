@@ -42,9 +42,9 @@ def _check_positive(config, names):
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def _check_num_prologue_tokens(value):
+def _check_non_negative(name, value, meaning):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"num_prologue_tokens must be an int >= 0 (0: the plain 2D tokenizer and its AR), got {value!r}")
+        raise ValueError(f"{name} must be an int >= 0 ({meaning}), got {value!r}")
 
 
 def _check_rope_axes(name, axes, head_dim):
@@ -111,11 +111,9 @@ class PrologueTokenizerConfig(PreTrainedConfig):
                                "num_encoder_heads", "decoder_hidden_size", "num_decoder_layers", "num_decoder_heads",
                                "codebook_size", "prologue_codebook_size", "codebook_embed_dim",
                                "prologue_encoder_hidden_size", "prologue_encoder_heads"))
-        _check_num_prologue_tokens(self.num_prologue_tokens)
-        if isinstance(self.prologue_encoder_layers, bool) or not isinstance(self.prologue_encoder_layers, int) \
-                or self.prologue_encoder_layers < 0:
-            raise ValueError(f"prologue_encoder_layers must be an int >= 0 (0: Prologue's shared encoder, > 0: "
-                             f"Prologue-Post), got {self.prologue_encoder_layers!r}")
+        _check_non_negative("num_prologue_tokens", self.num_prologue_tokens, "0: the plain 2D tokenizer")
+        _check_non_negative("prologue_encoder_layers", self.prologue_encoder_layers,
+                            "0: Prologue's shared encoder, > 0: Prologue-Post")
         if self.prologue_encoder_layers and not self.num_prologue_tokens:
             raise ValueError(f"prologue_encoder_layers {self.prologue_encoder_layers} needs prologue tokens: set "
                              f"num_prologue_tokens > 0 (Prologue-Post) or prologue_encoder_layers 0 (2D tokenizer)")
@@ -215,7 +213,7 @@ class PrologueConfig(PreTrainedConfig):
         _check_positive(self, ("visual_vocab_size", "prologue_vocab_size", "num_visual_tokens", "hidden_size",
                                "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_classes",
                                "rotary_dim"))
-        _check_num_prologue_tokens(self.num_prologue_tokens)
+        _check_non_negative("num_prologue_tokens", self.num_prologue_tokens, "0: the plain 2D tokenizer and its AR")
         if math.isqrt(self.num_visual_tokens) ** 2 != self.num_visual_tokens:
             raise ValueError(f"num_visual_tokens {self.num_visual_tokens} is not a square grid (e.g. 256 = 16x16)")
         if self.hidden_size % self.num_attention_heads:
