@@ -12,7 +12,7 @@ from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
 
 from st_ar_hf.training.data import (
-    MNIST_NAMES, ExampleStream, center_crop_arr, check_columns, class_names, decode_image, load_stream, ten_crop,
+    MNIST_NAMES, ExampleStream, center_crop_arr, check_columns, crop_views, class_names, decode_image, load_stream, ten_crop,
     to_pixel_values, write_embedded_dataset,
 )
 
@@ -59,6 +59,10 @@ def test_center_crop_and_ten_crop_follow_torchvision_order():
     assert np.array_equal(np.asarray(crops[4]), np.asarray(crop.resize((22, 22)).crop((3, 3, 19, 19))))  # centre
     pixels = to_pixel_values(crops[:2])
     assert pixels.shape == (2, 3, 16, 16) and -1 <= pixels.min() and pixels.max() <= 1
+    # without flips (digits): the five crops of the image itself, or its centre crop alone
+    unflipped, both = crop_views(image, 16, 22 / 16, flip=False), crop_views(image, 16, 22 / 16)
+    assert len(unflipped) == 5 and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(unflipped, both))
+    assert len(crop_views(image, 16, ten=False, flip=False)) == 1 and len(crop_views(image, 16, ten=False)) == 2
 
 
 def test_stream_skips_and_counts_corrupt_images(shards):

@@ -54,7 +54,8 @@ def main(args: ExtractCodesArguments) -> None:
     names = class_names(dataset, args.label_column)
     grid_size = args.image_size // vqvae.config.downsample_factor
     num_prologue = vqvae.config.num_prologue_tokens if prologue else 0
-    num_crops, num_tokens = 10 if args.ten_crop else 2, num_prologue + int(num_prologue > 0) + grid_size**2
+    num_crops = (10 if args.ten_crop else 2) // (1 if args.random_flip else 2)
+    num_tokens = num_prologue + int(num_prologue > 0) + grid_size**2
     features = Features({"codes": Array2D((num_crops, num_tokens), "int32"),
                          "label": ClassLabel(names=names) if names else Value("int64")})
     stream = split_dataset_by_node(dataset.decode(False), rank=accelerator.process_index,
@@ -100,7 +101,7 @@ def main(args: ExtractCodesArguments) -> None:
         if image is None:
             progress["skipped"] += 1
             continue
-        images.append(crop_views(image, args.image_size, args.crop_range, args.ten_crop))
+        images.append(crop_views(image, args.image_size, args.crop_range, args.ten_crop, args.random_flip))
         labels.append(int(example[args.label_column]))
         bar.update(1)
         if len(images) == args.batch_size:

@@ -120,11 +120,11 @@ def random_crop_arr(image: PIL.Image.Image, size: int, rng: np.random.Generator,
     return image.crop((left, top, left + size, top + size))
 
 
-def ten_crop(image: PIL.Image.Image, size: int) -> list[PIL.Image.Image]:
+def ten_crop(image: PIL.Image.Image, size: int, flip: bool = True) -> list[PIL.Image.Image]:
     """torchvision's TenCrop order: top-left, top-right, bottom-left, bottom-right, centre, then the same five of the
-    horizontally flipped image."""
+    horizontally flipped image (left out when not `flip`: five crops)."""
     crops = []
-    for source in (image, image.transpose(PIL.Image.FLIP_LEFT_RIGHT)):
+    for source in (image, image.transpose(PIL.Image.FLIP_LEFT_RIGHT))[: 2 if flip else 1]:
         width, height = source.size
         corners = [(0, 0), (width - size, 0), (0, height - size), (width - size, height - size),
                    ((width - size) // 2, (height - size) // 2)]
@@ -140,13 +140,15 @@ def center_crops(dataset: IterableDataset, image_column: str, image_size: int, l
             yield center_crop_arr(image, image_size), (None if label_column is None else int(example[label_column]))
 
 
-def crop_views(image: PIL.Image.Image, image_size: int, crop_range: float = 1.1, ten: bool = True) -> list[PIL.Image.Image]:
+def crop_views(image: PIL.Image.Image, image_size: int, crop_range: float = 1.1, ten: bool = True,
+               flip: bool = True) -> list[PIL.Image.Image]:
     """LlamaGen's pre-tokenisation views: the ten crops of the centre crop to int(image_size * crop_range) (`ten`),
-    or the centre crop to image_size and its horizontal flip."""
+    or the centre crop to image_size and its horizontal flip; without `flip` (data that is not mirror-symmetric,
+    such as digits), the unflipped half: five crops, or the centre crop."""
     if ten:
-        return ten_crop(center_crop_arr(image, int(image_size * crop_range)), image_size)
+        return ten_crop(center_crop_arr(image, int(image_size * crop_range)), image_size, flip)
     centre = center_crop_arr(image, image_size)
-    return [centre, centre.transpose(PIL.Image.FLIP_LEFT_RIGHT)]
+    return [centre, centre.transpose(PIL.Image.FLIP_LEFT_RIGHT)][: 2 if flip else 1]
 
 
 def to_pixel_values(images: list[PIL.Image.Image]) -> torch.Tensor:
