@@ -107,6 +107,32 @@ def test_objective_ar_term_is_the_models_next_token_loss_and_zero_weights_drop_t
     torch.testing.assert_close(terms["ar"], reference)
 
 
+def test_ar_pass_reads_the_masked_the_plain_or_the_split_student_pass():
+    student, teacher = _student_and_teacher()
+    tokens, labels = torch.randint(0, 64, (3, 2, 16)), torch.tensor([1, 2, 3])
+    input_ids, row_labels = tokens.flatten(0, 1), labels.repeat_interleave(2)
+    plain = student(input_ids=input_ids[:, :-1], class_labels=row_labels, labels=input_ids, output_hidden_states=True)
+    terms = {}
+    for ar_pass in ("masked", "unmasked", "split"):
+        objective = STARObjective(64, mim_weight=1.0, step_weight=0.0, view_weight=0.0, ar_pass=ar_pass)
+        torch.manual_seed(2)
+        terms[ar_pass] = objective(student, teacher, tokens, labels)
+    torch.testing.assert_close(terms["unmasked"]["ar"], plain.loss)  # the second, plain forward
+    assert abs(terms["masked"]["ar"].item() - plain.loss.item()) > 1e-4  # a quarter of the keys hidden
+    torch.testing.assert_close(terms["unmasked"]["mim"], terms["masked"]["mim"])  # same mask, same masked pass
+    # split: the odd rows (each image's second view) unmasked and alone in L_AR; L_MIM on the even, masked rows
+    odd = slice(1, None, 2)
+    torch.testing.assert_close(terms["split"]["ar"], student(input_ids=input_ids[odd, :-1], class_labels=row_labels[odd],
+                                                             labels=input_ids[odd]).loss)
+    torch.manual_seed(2)
+    bias = random_key_mask(6, 16, 0.25, 1, torch.float32)[::2]
+    masked = student(input_ids=input_ids[::2, :-1], class_labels=row_labels[::2], attention_bias=bias, output_hidden_states=True)
+    teacher_last = teacher(input_ids=input_ids[::2, :-1], class_labels=row_labels[::2], output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(terms["split"]["mim"], cosine_distance(masked.hidden_states[-1], teacher_last))
+    with pytest.raises(ValueError, match="--ar_pass must be one of"):
+        STARObjective(64, ar_pass="both")
+
+
 def test_mim_is_zero_when_nothing_is_masked_and_the_teacher_is_the_student():
     student, teacher = _student_and_teacher()
     objective = STARObjective(64, mim_weight=1.0, step_weight=0.0, view_weight=0.0, mask_ratio=0.01)  # round(0.15) = 0

@@ -6,11 +6,21 @@ inter-step / inter-view contrastive losses (L_step, L_view) against an EMA teach
 The paper writes beta * (L_step + L_view) with alpha = 1, beta = 0.5, i.e. w_mim = 1, w_step = w_view = 0.5; a
 weight of 0 switches a term off (and w_mim = 0 also drops the attention mask). Where the paper is silent, the
 choices are ours and are arguments: the mask is sampled once per sequence and shared by all layers; L_AR is computed
-on the masked student pass (one student forward serves every term, as in the paper's Fig. 3); features for L_MIM
+on the masked student pass by default (`ar_pass`, below); features for L_MIM
 are the last layer's output before the final norm; the projector is Linear-GELU-Linear on the student side only;
 similarities are cosine with temperature 0.2 (MoCo v3); negatives are the teacher features of every other image
 in the global batch (gathered across processes, as MoCo v3 does).
+
+`ar_pass` says which student pass L_AR reads when the attention mask is on (L_MIM > 0):
+- "masked": the masked pass, so one student forward serves every term, as the paper's Fig. 3 draws it; the model is
+  trained with a quarter of its keys hidden and generates with none.
+- "unmasked": a second, plain student forward for L_AR (one more forward and backward of the student per step).
+- "split": one forward in which only the even sequences of the batch are masked (with two views: the first view of
+  every image); L_MIM reads those, L_AR the plain ones, the contrastive terms all (no extra cost; each of L_AR and
+  L_MIM sees half the sequences).
 """
+
+AR_PASSES = ("masked", "unmasked", "split")
 
 from collections.abc import Callable
 
@@ -71,8 +81,11 @@ class STARObjective(nn.Module):
 
     def __init__(self, hidden_size: int, ar_weight: float = 1.0, mim_weight: float = 1.0, step_weight: float = 0.5,
                  view_weight: float = 0.5, mask_ratio: float = 0.25, contrastive_layer: int = 6, num_positions: int = 4,
-                 temperature: float = 0.2, projector_hidden_size: int | None = None):
+                 temperature: float = 0.2, projector_hidden_size: int | None = None, ar_pass: str = "masked"):
         super().__init__()
+        if ar_pass not in AR_PASSES:
+            raise ValueError(f"--ar_pass must be one of {AR_PASSES}, got {ar_pass!r}")
+        self.ar_pass = ar_pass
         self.weights = {"ar": ar_weight, "mim": mim_weight, "step": step_weight, "view": view_weight}
         self.mask_ratio, self.contrastive_layer = mask_ratio, contrastive_layer
         self.num_positions, self.temperature = num_positions, temperature
@@ -110,21 +123,28 @@ class STARObjective(nn.Module):
         config = _unwrap(student).config
         start = config.cls_token_num - 1  # outputs from `start` on predict tokens 0..T-1
 
-        bias = None
+        bias, targets, masked_rows = None, input_ids, None
         if self.weights["mim"] > 0:
             bias = random_key_mask(input_ids.shape[0], seq_len - 1 + config.cls_token_num, self.mask_ratio,
                                    config.cls_token_num, dtype=torch.float32, device=tokens.device)
-        out = student(input_ids=input_ids[:, :-1], class_labels=labels, labels=input_ids, attention_bias=bias,
+            if self.ar_pass == "split":  # even rows masked (for L_MIM), odd rows plain (for L_AR: -100 is ignored)
+                masked_rows = torch.arange(len(input_ids), device=tokens.device) % 2 == 0  # [B*V]
+                bias = bias.masked_fill(~masked_rows[:, None, None, None], 0.0)
+                targets = input_ids.masked_fill(masked_rows[:, None], -100)
+        out = student(input_ids=input_ids[:, :-1], class_labels=labels, labels=targets, attention_bias=bias,
                       output_hidden_states=self.uses_teacher)
         terms = {"ar": out.loss}  # the family's next-token cross-entropy (Prologue's: of the unmasked logits)
+        if bias is not None and self.ar_pass == "unmasked":
+            terms["ar"] = student(input_ids=input_ids[:, :-1], class_labels=labels, labels=input_ids).loss
         if self.uses_teacher:
             terms.update(self._self_guidance_terms(out.hidden_states, teacher, input_ids, labels, start,
-                                                   (batch_size, num_views), gather, image_offset))
+                                                   (batch_size, num_views), gather, image_offset, masked_rows))
         terms = {name: value for name, value in terms.items() if self.weights[name] > 0}
         terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
 
-    def _self_guidance_terms(self, student_hidden, teacher, input_ids, labels, start, shape, gather, image_offset):
+    def _self_guidance_terms(self, student_hidden, teacher, input_ids, labels, start, shape, gather, image_offset,
+                             masked_rows=None):
         batch_size, num_views = shape
         layer, seq_len = self.contrastive_layer, input_ids.shape[1]
         positions = torch.randperm(seq_len, device=input_ids.device)[: self.num_positions] + start  # [K], per batch
@@ -135,7 +155,8 @@ class STARObjective(nn.Module):
             teacher_features = hidden[layer][:, positions] if self.uses_contrastive else None  # [B*V, K, D]
         terms = {}
         if self.weights["mim"] > 0:  # inference tensors cannot be saved for backward: clone them out
-            terms["mim"] = cosine_distance(student_hidden[-1][:, start:], teacher_last.clone())
+            rows = slice(None) if masked_rows is None else masked_rows
+            terms["mim"] = cosine_distance(student_hidden[-1][rows, start:], teacher_last[rows].clone())
         if self.uses_contrastive:
             anchors = self.projector(student_hidden[layer][:, positions]).flatten(0, 1)  # [B*V*K, D]
             keys = teacher_features.clone().flatten(0, 1)  # [B*V*K, D]
