@@ -2,9 +2,9 @@
 # The embedded Prologue demo: on the MNIST-5k digits, train the small Prologue tokenizer jointly with its AR prior
 # (prologue_tokenizer_embedded.yaml) and, with the same budget, the plain 2D tokenizer (tokenizer_2d_embedded.yaml);
 # pre-tokenise the train split with each (centre crop and its flip); train the same small AR on each for seeds 0, 1
-# and 2; sample 50 digits per class from every AR without guidance (temperature 1) and score them
-# (training/evaluate_digits.py: FID on EfficientNet-Lite0 features against the 500 test digits, class accuracy by a
-# digit classifier trained on the train split); measure the tokenizers' reconstruction, the linear probe on the
+# and 2; sample 150 digits per class from every AR without guidance (temperature 1) and score them
+# (training/evaluate_digits.py: FID on EfficientNet-Lite0 features against the 4,500 train digits, sample accuracy by
+# a digit CNN trained on the train split); measure the tokenizers' reconstruction, the linear probe on the
 # prologue tokens against the first visual tokens, and a grid of prologue-fixed resamples
 # (training/evaluate_prologue_digits.py). Two parts run at a time, each as soon as its inputs exist. Results in
 # runs/prologue_embedded/compare/ (one log per part) and a table on stdout.
@@ -24,10 +24,8 @@ mkdir -p $out
 kinds="prologue 2d$([ "${POST:-0}" = 1 ] && echo " post" || true)"
 data=runs/data/mnist5k
 
-# Every part is a job "files it needs|command"; two run at a time, each as soon as what it needs exists (listed in
-# priority order), so neither core waits for the other's phase to end.
-jobs=()
-add() { jobs+=("$1|$2"); }
+# Every part is a job "files it needs|command" (scripts/jobs.sh), listed in priority order.
+. scripts/jobs.sh
 declare -A tokenizer_config=([prologue]=prologue_tokenizer_embedded [2d]=tokenizer_2d_embedded [post]=prologue_post_tokenizer_embedded)
 for kind in $kinds; do
   need=$([ $kind = post ] && echo $run/tokenizer_2d/vqvae/config.json || true)
@@ -47,7 +45,7 @@ for seed in 0 1 2; do
         --output_dir $run/ar_$kind-$seed --validation_steps 0 ${AR_STEPS:+--max_train_steps $AR_STEPS} \
         > $out/ar_$kind-$seed.log 2>&1"
     [ -f $out/$kind-$seed.npz ] || add $run/ar_$kind-$seed/pipeline/model_index.json "launch training/sample_ddp.py \
-        --model $run/ar_$kind-$seed/pipeline --num_samples 500 --per_class --guidance_scale 1 --temperature 1 \
+        --model $run/ar_$kind-$seed/pipeline --num_samples 1500 --per_class --guidance_scale 1 --temperature 1 \
         --batch_size 100 --seed $seed --out $out/$kind-$seed.npz > $out/sample_$kind-$seed.log 2>&1"
     samples+=($out/$kind-$seed.npz)
   done
@@ -60,25 +58,7 @@ add "$tokenizers $run/ar_prologue-0/pipeline/model_index.json" "OMP_NUM_THREADS=
 add "${samples[*]}" "python training/evaluate_digits.py --embedded_dataset_dir $data --samples ${samples[*]} \
     --out $out/generation.json > $out/score_samples.log 2>&1"
 
-pending=("${jobs[@]}") running=0
-while [ ${#pending[@]} -gt 0 ] || [ $running -gt 0 ]; do
-  for i in "${!pending[@]}"; do
-    [ $running -lt 2 ] || break
-    ready=1
-    for file in ${pending[$i]%%|*}; do [ -e $file ] || ready=0; done
-    if [ $ready = 1 ]; then
-      eval "${pending[$i]#*|}" & running=$((running + 1))
-      unset "pending[$i]"
-    fi
-  done
-  if [ $running = 0 ]; then
-    echo "error: these parts wait for files that no finished part wrote (see $out/*.log):" >&2
-    printf '  %s\n' "${pending[@]%%|*}" >&2
-    exit 1
-  fi
-  wait -n || true
-  running=$((running - 1))
-done
+run_jobs $out
 echo "$SECONDS s in all"
 KINDS="$kinds" python - <<'PY'
 import json
@@ -87,12 +67,12 @@ import numpy as np
 out = os.environ["OUT"]
 generation, tokenizers = json.load(open(f"{out}/generation.json")), json.load(open(f"{out}/tokenizers.json"))
 rows = {k.split("/")[-1][:-4]: v for k, v in generation["samples"].items()}
-print(f"digit classifier on the test split: {generation['classifier_test_accuracy']:.3f}")
+print(f"digit classifier on the test split: {generation['classifier_held_out_accuracy']:.3f}")
 print("| tokenizer | gFID, no CFG (seeds 0-2) | class accuracy, no CFG | PSNR | SSIM | rFID | linear probe |\n|---|---|---|---|---|---|---|")
 kinds = sorted(os.environ["KINDS"].split(), key=["2d", "prologue", "post"].index)
 for kind in kinds:
     fid = np.array([rows[f"{kind}-{s}"]["fid"] for s in range(3)])
-    acc = np.array([rows[f"{kind}-{s}"]["class_accuracy"] for s in range(3)])
+    acc = np.array([rows[f"{kind}-{s}"]["sample_accuracy"] for s in range(3)])
     t = tokenizers[kind]
     probe = t.get("probe_prologue_tokens", next(v for k, v in t.items() if k.startswith("probe_first")))
     print(f"| {kind} | {fid.mean():.2f} ± {fid.std(ddof=1):.2f} | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} | "
@@ -100,5 +80,5 @@ for kind in kinds:
 for kind in kinds[1:]:
     for s in range(3):
         p, b = rows[f"{kind}-{s}"], rows[f"2d-{s}"]
-        print(f"seed {s}: {kind} - 2d: gFID {p['fid'] - b['fid']:+.2f}, accuracy {p['class_accuracy'] - b['class_accuracy']:+.3f}")
+        print(f"seed {s}: {kind} - 2d: gFID {p['fid'] - b['fid']:+.2f}, accuracy {p['sample_accuracy'] - b['sample_accuracy']:+.3f}")
 PY

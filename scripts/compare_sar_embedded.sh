@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The embedded SAR demo: on the MNIST-5k digits, pre-train a small FlexVAR by teacher forcing (after its tokenizer),
 # then continue it for the same 200 steps twice from the same checkpoint, by teacher forcing alone
-# (sar_embedded_tf.yaml) and with SAR (sar_embedded.yaml), for seeds 0, 1 and 2, two runs side by side; sample 50
+# (sar_embedded_tf.yaml) and with SAR (sar_embedded.yaml), for seeds 0, 1 and 2, two runs side by side; sample 150
 # digits per class from every model with the same noise (two at a time) and score them (training/evaluate_digits.py: FID on
-# EfficientNet-Lite0 features against the 500 test digits, class accuracy by a digit classifier trained on the train
+# EfficientNet-Lite0 features against the 4,500 train digits, sample accuracy by a digit CNN trained on the train
 # split). Results in runs/sar_embedded/compare/results.json and a summary table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ for seed in 0 1 2; do
 done
 samples=()
 for model in pretrain tf-0 sar-0 tf-1 sar-1 tf-2 sar-2; do  # two samplers at a time, one thread each
-  [ -f $out/$model.npz ] || launch training/sample_ddp.py --model runs/sar_embedded/$model/pipeline --num_samples 500 \
+  [ -f $out/$model.npz ] || launch training/sample_ddp.py --model runs/sar_embedded/$model/pipeline --num_samples 1500 \
       --per_class --guidance_scale 1.5 --batch_size 100 --out $out/$model.npz > $out/sample_$model.log 2>&1 &
   samples+=($out/$model.npz)
   [ $(( ${#samples[@]} % 2 )) = 1 ] || wait
@@ -35,14 +35,14 @@ import json
 import numpy as np
 results = json.load(open("runs/sar_embedded/compare/results.json"))
 rows = {k.split("/")[-1][:-4]: v for k, v in results["samples"].items()}
-print(f"digit classifier on the test split: {results['classifier_test_accuracy']:.3f}")
+print(f"digit classifier on the test split: {results['classifier_held_out_accuracy']:.3f}")
 print("| model | FID (EfficientNet-Lite0) | class accuracy |\n|---|---|---|")
-print(f"| pre-trained (800 steps) | {rows['pretrain']['fid']:.2f} | {rows['pretrain']['class_accuracy']:.3f} |")
+print(f"| pre-trained (800 steps) | {rows['pretrain']['fid']:.2f} | {rows['pretrain']['sample_accuracy']:.3f} |")
 for mode, name in (("tf", "+200 steps teacher forcing"), ("sar", "+200 steps SAR")):
     fid = np.array([rows[f"{mode}-{s}"]["fid"] for s in range(3)])
-    acc = np.array([rows[f"{mode}-{s}"]["class_accuracy"] for s in range(3)])
+    acc = np.array([rows[f"{mode}-{s}"]["sample_accuracy"] for s in range(3)])
     print(f"| {name} (seeds 0-2) | {fid.mean():.2f} ± {fid.std(ddof=1):.2f} | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} |")
 for s in range(3):  # same seed: same checkpoint, data order and scale schedules
     tf, sar = rows[f"tf-{s}"], rows[f"sar-{s}"]
-    print(f"seed {s}: SAR - TF: FID {sar['fid'] - tf['fid']:+.2f}, accuracy {sar['class_accuracy'] - tf['class_accuracy']:+.3f}")
+    print(f"seed {s}: SAR - TF: FID {sar['fid'] - tf['fid']:+.2f}, accuracy {sar['sample_accuracy'] - tf['sample_accuracy']:+.3f}")
 PY

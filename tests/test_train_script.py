@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import PIL.Image
+import PIL.ImageStat
 import pytest
 import torch
 import yaml
@@ -85,7 +87,7 @@ def _kill_during(config: Path, partial: Path, script: str = "train.py") -> None:
 
 
 def test_killed_during_a_checkpoint_save_resumes_with_the_losses_of_an_uninterrupted_run(assets, tmp_path):
-    full = _launch(_config(assets, tmp_path / "full", checkpointing_steps=2))
+    full = _launch(_config(assets, tmp_path / "full", checkpointing_steps=2, sample_accuracy_per_class=2))
     assert full.returncode == 0, full.stderr[-3000:]
     _kill_during(_config(assets, tmp_path / "resumed", checkpointing_steps=2),
                  tmp_path / "resumed" / "run" / "checkpoint-4.partial")
@@ -109,7 +111,13 @@ def test_killed_during_a_checkpoint_save_resumes_with_the_losses_of_an_uninterru
     assert pipe.id2label[7] == "7, seven" and not pipe.transformer.training
     images = pipe(["seven"], generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (1, 16, 16, 3)
-    assert (tmp_path / "full" / "run" / "samples" / "samples-0000006.png").is_file()
+    grid = PIL.Image.open(tmp_path / "full" / "run" / "samples" / "samples-0000006.png")
+    assert grid.height == 2 * (64 + 2) + 2 and grid.width > 64 + 4  # 2 classes x 1 image (x4), a label margin
+    assert PIL.ImageStat.Stat(grid.crop((0, 0, grid.width - 68, grid.height)).convert("L")).extrema[0][0] < 128  # text
+    accuracy = json.loads((tmp_path / "full" / "run" / "sample_accuracy.json").read_text())
+    assert accuracy["samples_per_class"] == 2 and set(accuracy["per_class"]) == {str(c) for c in range(10)}
+    assert 0 <= accuracy["sample_accuracy"] <= 1 and accuracy["classifier_held_out_accuracy"] > 0.8
+    assert f"sample accuracy {accuracy['sample_accuracy']:.1%} at guidance 2.0" in full.stderr
 
 
 def test_two_processes_see_different_examples_and_keep_identical_weights(assets, tmp_path):
@@ -179,6 +187,15 @@ def test_bad_settings_fail_before_training_with_the_setting_named(assets, tmp_pa
     args = parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--num_positions", "17"])
     with pytest.raises(ValueError, match="--num_positions 17 exceeds the sequence of 16 tokens"):
         args.check_model(tiny_gpt_config(block_size=16), tiny_vq_config())
+    with pytest.raises(ValueError, match="--ar_pass must be one of masked, unmasked, split, got 'both'"):
+        parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--ar_pass", "both"])
+    with pytest.raises(ValueError, match="--sample_accuracy_per_class 5: expected 0, or N > 0 with --embedded_dataset_dir"):
+        parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path, embedded_dataset_dir=None,
+                                                                      train_data_files="x/*.parquet")),
+                                              "--sample_accuracy_per_class", "5"])
+    with pytest.raises(ValueError, match="--num_views must lie in \\[1, 5\\] \\(the 5 crops without flips\\), got 6"):
+        parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--random_flip", "false",
+                                              "--num_views", "6"])
     with pytest.raises(ValueError, match="--view_weight > 0 needs --num_views >= 2"):
         parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--num_views", "1"])
     run = _launch(_config(assets, tmp_path, num_classes=5))

@@ -39,7 +39,7 @@ from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.prologue import prior_sequence
 from st_ar_hf.training.loop import (
     LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
-    make_optimizer, nonfinite_terms, skip_step,
+    make_optimizer, nonfinite_terms, report_sample_accuracy, skip_step,
 )
 from st_ar_hf.training.tracking import finish_run, log_metrics
 
@@ -63,7 +63,8 @@ def load_data(args: ARTrainingArguments, accelerator: Accelerator):
 
 
 def build_transform(args: ARTrainingArguments, num_classes: int):
-    """raw example -> {"label": [], "views": [V, 3, H, W] pixels or [V, T] codes}; V distinct crops of the ten."""
+    """raw example -> {"label": [], "views": [V, 3, H, W] pixels or [V, T] codes}; V distinct crops of the ten (five
+    without flips)."""
 
     def label_of(example):
         return label_tensor(example, args.label_column, num_classes)
@@ -81,8 +82,8 @@ def build_transform(args: ARTrainingArguments, num_classes: int):
         crop_size = int(args.image_size * args.crop_range)
         if min(image.size) < crop_size:
             counts["upscaled"] += 1
-        crops = crop_views(image, args.image_size, args.crop_range)
-        chosen = [crops[i] for i in rng.permutation(10)[: args.num_views]]
+        crops = crop_views(image, args.image_size, args.crop_range, flip=args.random_flip)
+        chosen = [crops[i] for i in rng.permutation(len(crops))[: args.num_views]]
         return {"label": label_of(example), "views": to_pixel_values(chosen)}
 
     return from_codes if args.train_codes is not None else from_image
@@ -169,7 +170,7 @@ def main(args: ARTrainingArguments) -> None:
     objective = STARObjective(
         student.config.hidden_size, args.ar_weight, args.mim_weight, args.step_weight, args.view_weight,
         args.mask_ratio, args.contrastive_layer or student.config.num_hidden_layers // 2, args.num_positions,
-        args.temperature, args.projector_hidden_size)
+        args.temperature, args.projector_hidden_size, args.ar_pass)
     teacher = None
     if objective.uses_teacher:  # the EMA copy: no dropout, no gradients, outside the exported model
         if accelerator.distributed_type == DistributedType.FSDP:
@@ -254,6 +255,13 @@ def main(args: ARTrainingArguments) -> None:
 
     # Export the student (not the teacher, projector or optimiser) as a STARPipeline
     export_pipeline(args, accelerator, student, vqvae, id2label, output_dir / "pipeline", stream, uploader, state.global_step)
+    if args.sample_accuracy_per_class and accelerator.is_main_process:
+        results = report_sample_accuracy(args, accelerator.unwrap_model(student), vqvae, id2label, output_dir)
+        per_class = ", ".join(f"{id2label[c]} {a:.0%}" for c, a in results["per_class"].items())
+        logger.info(f"sample accuracy {results['sample_accuracy']:.1%} at guidance {args.validation_guidance_scale}, "
+                    f"top-p {args.validation_top_p} "
+                    f"({per_class}) by a digit CNN reading {results['classifier_held_out_accuracy']:.1%} of the test "
+                    f"digits; grid: {output_dir / 'samples' / f'samples-{state.global_step:07d}.png'}")
     if uploader is not None:
         uploader.wait()
     finish_run(accelerator)

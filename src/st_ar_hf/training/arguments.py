@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .losses import AR_PASSES
 from .sar import RolloutSampling, check_flexvar_schedule
 
 
@@ -204,6 +205,9 @@ class ARTrainingArguments(RunArguments):
     train_codes: str | None = field(default=None, metadata={"help": "code shards of extract_codes.py: folder, glob or Hub id"})
     num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's ClassLabel count"})
     crop_range: float = field(default=1.1, metadata={"help": "images: centre crop to crop_range * image_size, then ten crops"})
+    random_flip: bool = field(default=True, metadata={
+        "help": "images: the ten crops include the five of the mirrored image; false for data that is not "
+                "mirror-symmetric (digits): five crops"})
     # models
     vqvae: str | None = field(
         default=None, metadata={"help": "LlamaGenVQVAE folder or Hub id; with --train_codes, default: the one that made them"})
@@ -219,6 +223,9 @@ class ARTrainingArguments(RunArguments):
     step_weight: float = field(default=0.5, metadata={"help": "beta * 1 (the paper's beta = 0.5, no extra 1/2)"})
     view_weight: float = field(default=0.5, metadata={"help": "beta * 1"})
     mask_ratio: float = field(default=0.25, metadata={"help": "fraction r of key positions hidden from the student"})
+    ar_pass: str = field(default="masked", metadata={
+        "help": "L_AR's student pass under the mask: masked (one forward, the paper's figure), unmasked (a second "
+                "forward) or split (even sequences masked for L_MIM, odd ones plain for L_AR)"})
     contrastive_layer: int | None = field(default=None, metadata={"help": "default num_layers // 2 (6 for B; the paper uses 18 for L)"})
     num_positions: int = field(default=4, metadata={"help": "K positions sampled per batch for L_step / L_view"})
     num_views: int | None = field(default=None, metadata={"help": "crops per image; default 2 with L_view, else 1"})
@@ -229,6 +236,11 @@ class ARTrainingArguments(RunArguments):
     validation_images_per_class: int = 4
     validation_max_classes: int = 16
     validation_guidance_scale: float = 2.0
+    validation_top_p: float = field(default=1.0, metadata={"help": "nucleus sampling of the grids and the final samples "
+                                                                    "(1.0: off, LlamaGen's default)"})
+    sample_accuracy_per_class: int = field(default=0, metadata={
+        "help": "at the end, sample N per class at the validation guidance and report the share a digit CNN trained on "
+                "--embedded_dataset_dir's train split reads as their class (0: off)"})
     export_steps: int | None = field(default=None, metadata={"help": "also export (and push) a pipeline every N steps"})
 
     def __post_init__(self):
@@ -242,6 +254,13 @@ class ARTrainingArguments(RunArguments):
         for name in ("ar_weight", "mim_weight", "step_weight", "view_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.validation_top_p <= 1:
+            raise ValueError(f"--validation_top_p must lie in (0, 1], got {self.validation_top_p}")
+        if self.sample_accuracy_per_class < 0 or (self.sample_accuracy_per_class and self.embedded_dataset_dir is None):
+            raise ValueError(f"--sample_accuracy_per_class {self.sample_accuracy_per_class}: expected 0, or N > 0 with "
+                             "--embedded_dataset_dir (the classifier trains on its labelled digits)")
+        if self.ar_pass not in AR_PASSES:
+            raise ValueError(f"--ar_pass must be one of {', '.join(AR_PASSES)}, got {self.ar_pass!r}")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"--mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if not 0 <= self.ema_decay < 1:
@@ -252,8 +271,10 @@ class ARTrainingArguments(RunArguments):
             self.num_views = 2 if self.view_weight > 0 else 1
         if self.view_weight > 0 and self.num_views < 2:
             raise ValueError(f"--view_weight > 0 needs --num_views >= 2, got {self.num_views}")
-        if not 1 <= self.num_views <= 10:
-            raise ValueError(f"--num_views must lie in [1, 10] (the ten crops), got {self.num_views}")
+        crops = 10 if self.random_flip else 5
+        if not 1 <= self.num_views <= crops:
+            raise ValueError(f"--num_views must lie in [1, {crops}] (the {crops} crops{'' if self.random_flip else ' without flips'}), "
+                             f"got {self.num_views}")
         if (self.step_weight > 0 or self.view_weight > 0) and self.train_batch_size < 2:
             raise ValueError("the contrastive terms need --train_batch_size >= 2 (the negatives are the other images)")
         if self.step_weight > 0 and self.num_positions < 2:
@@ -329,6 +350,7 @@ class ScaleWiseTrainingArguments(RunArguments):
     validation_images_per_class: int = 4
     validation_max_classes: int = 16
     validation_guidance_scale: float = 1.5
+    validation_top_p: float = 1.0
     export_steps: int | None = field(default=None, metadata={"help": "also export (and push) a pipeline every N steps"})
 
     def __post_init__(self):
@@ -527,6 +549,8 @@ class ExtractCodesArguments(HubArguments, DataArguments):
     output_dir: str = "codes"
     crop_range: float = field(default=1.1, metadata={"help": "centre crop to crop_range * image_size first"})
     ten_crop: bool = field(default=True, metadata={"help": "ten crops; false: the centre crop and its flip"})
+    random_flip: bool = field(default=True, metadata={"help": "false: leave out the mirrored crops (five, or the centre "
+                                                              "crop alone), for data that is not mirror-symmetric"})
     batch_size: int = field(default=32, metadata={"help": "images per forward pass and process"})
     shard_size: int = field(default=10000, metadata={"help": "examples per parquet shard"})
     max_examples: int | None = field(default=None, metadata={"help": "stop after this many examples per process"})

@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import torch
 from accelerate import Accelerator
@@ -160,9 +161,36 @@ def sample_grid(args, model, vqvae, id2label) -> PIL.Image.Image:
     num = args.validation_images_per_class
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels) * num)]
     images = pipe(labels, num_images_per_label=num, guidance_scale=args.validation_guidance_scale,
+                  top_p=args.validation_top_p, generator=generators, output_type="np").images
+    model.train()
+    return make_grid(images, columns=num, scale=max(1, 64 // images.shape[1]), row_labels=[id2label[i] for i in labels])
+
+
+def report_sample_accuracy(args, model, vqvae, id2label: dict, output_dir: Path) -> dict:
+    """The end of a run on the embedded digits: `sample_accuracy_per_class` samples per class at the validation
+    guidance, read by a digit CNN trained on the train split (`st_ar_hf.sample_accuracy`, its test-split accuracy
+    beside it); written to `output_dir/sample_accuracy.json`."""
+    from st_ar_hf.pipelines import STARPipeline
+    from st_ar_hf.sample_accuracy import fit_sample_classifier, load_labelled_images, sample_accuracy
+
+    model.eval()
+    pipe = STARPipeline(transformer=model, vqvae=vqvae, id2label=id2label)
+    pipe.set_progress_bar_config(disable=True)
+    labels = np.repeat(sorted(id2label), args.sample_accuracy_per_class)
+    generators = [torch.Generator().manual_seed(args.seed + 1_000_000 + i) for i in range(len(labels))]
+    images = pipe(labels.tolist(), guidance_scale=args.validation_guidance_scale, top_p=args.validation_top_p,
                   generator=generators, output_type="np").images
     model.train()
-    return make_grid(images, columns=num, scale=max(1, 64 // images.shape[1]))
+    samples = (images * 255).round().astype(np.uint8)  # [N, S, S, 3]
+    data = Path(args.embedded_dataset_dir)
+    classifier = fit_sample_classifier(*load_labelled_images(str(data / "train-*.parquet"), args.image_size, "train"),
+                                       *load_labelled_images(str(data / "test-*.parquet"), args.image_size, "test"))
+    results = {**sample_accuracy(classifier, samples, labels), "guidance_scale": args.validation_guidance_scale,
+               "top_p": args.validation_top_p, "samples_per_class": args.sample_accuracy_per_class}
+    partial = output_dir / "sample_accuracy.json.partial"
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    partial.replace(output_dir / "sample_accuracy.json")
+    return results
 
 
 def training_summary(accelerator, model, stream, step: int, args) -> dict:
@@ -204,4 +232,4 @@ def export_pipeline(args, accelerator, model, vqvae, id2label: dict, directory: 
 
 
 __all__ = ["LogWindow", "after_step", "class_labels", "data_counts", "export_pipeline", "is_due", "label_tensor", "make_accelerator", "make_optimizer",
-           "nonfinite_terms", "sample_grid", "skip_step", "training_summary", "var_lin0_factor"]
+           "nonfinite_terms", "report_sample_accuracy", "sample_grid", "skip_step", "training_summary", "var_lin0_factor"]

@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
 from accelerate.state import AcceleratorState
 
 
-def make_grid(images: np.ndarray, columns: int, padding: int = 2, scale: int = 1) -> PIL.Image.Image:
+def make_grid(images: np.ndarray, columns: int, padding: int = 2, scale: int = 1,
+              row_labels: list[str] | None = None) -> PIL.Image.Image:
     """[N, H, W, 3] floats in [0, 1] -> one PIL image of ceil(N / columns) rows on a white background, each image
-    enlarged `scale` times (nearest neighbour, so that small images stay legible)."""
+    enlarged `scale` times (nearest neighbour, so that small images stay legible), with `row_labels` (one per row)
+    written in a margin on the left."""
     images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     num, height, width, _ = images.shape
     rows = -(-num // columns)
@@ -19,7 +23,18 @@ def make_grid(images: np.ndarray, columns: int, padding: int = 2, scale: int = 1
     for i, image in enumerate(images):
         top, left = padding + (i // columns) * (height + padding), padding + (i % columns) * (width + padding)
         grid[top : top + height, left : left + width] = image
-    return PIL.Image.fromarray((grid * 255).round().astype(np.uint8))
+    grid = PIL.Image.fromarray((grid * 255).round().astype(np.uint8))
+    if not row_labels:
+        return grid
+    font = PIL.ImageFont.load_default(size=max(10, min(height // 3, 16)))
+    margin = max(int(font.getlength(label)) for label in row_labels) + 2 * padding + 4
+    labelled = PIL.Image.new("RGB", (grid.width + margin, grid.height), "white")
+    labelled.paste(grid, (margin, 0))
+    draw = PIL.ImageDraw.Draw(labelled)
+    for row, label in enumerate(row_labels[:rows]):
+        draw.text((margin - padding - 2, padding + row * (height + padding) + height // 2), label, fill="black",
+                  font=font, anchor="rm")
+    return labelled
 
 
 def log_metrics(accelerator, logs: dict, step: int, metrics_file: str | Path) -> None:
