@@ -52,11 +52,12 @@ for seed in "${seeds[@]}"; do
     [ "$seed" = 0 ] || [ -n "${VARIANTS:-}" ] || [[ " $confirm " == *" $variant "* ]] || continue
     run=$out/$variant-$seed
     [ -f $run/pipeline/model_index.json ] || add $tokenizer/config.json "launch training/train.py \
-        --tokenizer_config null --vqvae $tokenizer ${flags[$variant]} --seed $seed --output_dir $run \
+        --config training/configs/default.yaml --tokenizer_config null --vqvae $tokenizer ${flags[$variant]} \
+        --seed $seed --output_dir $run \
         --validation_steps 0 --sample_accuracy_per_class 0 > $out/logs/train_$variant-$seed.log 2>&1"
     [ -f $run/samples.npz ] || add $run/pipeline/model_index.json "launch training/sample_ddp.py --model $run/pipeline \
-        --num_samples 1500 --per_class --guidance_scale $guidance --top_p $top_p --batch_size 250 --seed $seed --out $run/samples.npz \
-        > $out/logs/sample_$variant-$seed.log 2>&1"
+        --num_samples 1500 --per_class --guidance_scale $guidance --top_p $top_p --batch_size 250 --seed $seed \
+        --out $run/samples.npz > $out/logs/sample_$variant-$seed.log 2>&1"
     [ -f $run/generation.json ] || add "$run/samples.npz ${first:+$cached}" "OMP_NUM_THREADS=1 python \
         training/evaluate_digits.py --embedded_dataset_dir $data --samples $run/samples.npz --cache_dir $cache \
         --out $run/generation.json > $out/logs/evaluate_$variant-$seed.log 2>&1"

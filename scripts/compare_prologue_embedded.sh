@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded Prologue demo: on the MNIST-5k digits, train the small Prologue tokenizer jointly with its AR prior
 # (prologue_tokenizer_embedded.yaml) and, with the same budget, the plain 2D tokenizer (tokenizer_2d_embedded.yaml);
-# pre-tokenise the train split with each (centre crop and its flip); train the same small AR on each for seeds 0, 1
+# pre-tokenise the train split with each (the centre crop; digits are not mirrored); train the same small AR on each for seeds 0, 1
 # and 2; sample 150 digits per class from every AR without guidance (temperature 1) and score them
 # (training/evaluate_digits.py: FID on EfficientNet-Lite0 features against the 4,500 train digits, sample accuracy by
 # a digit CNN trained on the train split); measure the tokenizers' reconstruction, the linear probe on the
@@ -35,7 +35,7 @@ for kind in $kinds; do
       ${TOKENIZER_STEPS:+--max_train_steps $TOKENIZER_STEPS} > $out/tokenizer_$kind.log 2>&1"
   [ -f $run/codes_$kind/codes_info.json ] || add $run/tokenizer_$kind/vqvae/config.json "OMP_NUM_THREADS=1 python \
       training/extract_codes.py --embedded_dataset_dir $data --vqvae $run/tokenizer_$kind/vqvae --image_size 24 \
-      --ten_crop false --batch_size 250 --output_dir $run/codes_$kind > $out/codes_$kind.log 2>&1"
+      --ten_crop false --random_flip false --batch_size 250 --output_dir $run/codes_$kind > $out/codes_$kind.log 2>&1"
 done
 samples=()
 for seed in 0 1 2; do

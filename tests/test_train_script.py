@@ -117,7 +117,7 @@ def test_killed_during_a_checkpoint_save_resumes_with_the_losses_of_an_uninterru
     accuracy = json.loads((tmp_path / "full" / "run" / "sample_accuracy.json").read_text())
     assert accuracy["samples_per_class"] == 2 and set(accuracy["per_class"]) == {str(c) for c in range(10)}
     assert 0 <= accuracy["sample_accuracy"] <= 1 and accuracy["classifier_held_out_accuracy"] > 0.8
-    assert f"sample accuracy {accuracy['sample_accuracy']:.1%} at guidance 2.0" in full.stderr
+    assert f"sample accuracy {accuracy['sample_accuracy']:.1%} at guidance 2.0, top-p 1.0" in full.stdout
 
 
 def test_two_processes_see_different_examples_and_keep_identical_weights(assets, tmp_path):
@@ -187,6 +187,9 @@ def test_bad_settings_fail_before_training_with_the_setting_named(assets, tmp_pa
     args = parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--num_positions", "17"])
     with pytest.raises(ValueError, match="--num_positions 17 exceeds the sequence of 16 tokens"):
         args.check_model(tiny_gpt_config(block_size=16), tiny_vq_config())
+    unset = parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--vqvae", "null",
+                                                  "--tokenizer_config", "t.yaml", "--num_classes", "null"])
+    assert unset.vqvae is None and unset.num_classes is None  # `null` unsets what the config gave, as in YAML
     with pytest.raises(ValueError, match="--ar_pass must be one of masked, unmasked, split, got 'both'"):
         parse_arguments(ARTrainingArguments, ["--config", str(_config(assets, tmp_path)), "--ar_pass", "both"])
     with pytest.raises(ValueError, match="--sample_accuracy_per_class 5: expected 0, or N > 0 with --embedded_dataset_dir"):

@@ -258,10 +258,9 @@ def main(args: ARTrainingArguments) -> None:
     if args.sample_accuracy_per_class and accelerator.is_main_process:
         results = report_sample_accuracy(args, accelerator.unwrap_model(student), vqvae, id2label, output_dir)
         per_class = ", ".join(f"{id2label[c]} {a:.0%}" for c, a in results["per_class"].items())
-        logger.info(f"sample accuracy {results['sample_accuracy']:.1%} at guidance {args.validation_guidance_scale}, "
-                    f"top-p {args.validation_top_p} "
-                    f"({per_class}) by a digit CNN reading {results['classifier_held_out_accuracy']:.1%} of the test "
-                    f"digits; grid: {output_dir / 'samples' / f'samples-{state.global_step:07d}.png'}")
+        print(f"sample accuracy {results['sample_accuracy']:.1%} at guidance {args.validation_guidance_scale}, top-p "
+              f"{args.validation_top_p} ({per_class}) by a digit CNN reading {results['classifier_held_out_accuracy']:.1%} "
+              f"of the test digits; grid: {output_dir / 'samples' / f'samples-{state.global_step:07d}.png'}", flush=True)
     if uploader is not None:
         uploader.wait()
     finish_run(accelerator)

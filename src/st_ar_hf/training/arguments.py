@@ -133,6 +133,8 @@ def parse_arguments(cls, argv=None, default_config: str | None = None):
     for name, f in fields.items():
         kind = _flag_type(hints[name])
         kind = {bool: _to_bool, dict: _json_mapping}.get(kind, kind)
+        if type(None) in typing.get_args(hints[name]):  # `--vqvae null` unsets a value a config gave, as YAML's null
+            kind = _or_null(kind)
         parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=f.metadata.get("help"),
                             nargs="?" if kind is _to_bool else None, const=True if kind is _to_bool else None)
     argv = sys.argv[1:] if argv is None else argv
@@ -144,6 +146,14 @@ def parse_arguments(cls, argv=None, default_config: str | None = None):
         if value is not None and not _is_a(value, kind):
             raise ValueError(f"--{name} must be {kind.__name__}, got {value!r} in {config_file}")
     return cls(**{**values, **flags})
+
+
+def _or_null(kind):
+    def parse(text: str):
+        return None if text == "null" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" names it
+    return parse
 
 
 def _is_a(value, kind) -> bool:
