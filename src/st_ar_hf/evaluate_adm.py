@@ -13,6 +13,7 @@ import evaluate
 import numpy as np
 
 from st_ar_hf.evaluation import evaluate_generation
+from st_ar_hf.sample_accuracy import SampleClassifier, sample_accuracy
 
 _DESCRIPTION = """FID, sFID, Inception Score, precision and recall (k = 3) by the ADM evaluator's protocol, on ADM's
 Inception-v3 when its weights are found ($ST_AR_INCEPTION_WEIGHTS or torch's hub cache), else on the offline
@@ -21,8 +22,12 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions: generated images, uint8 [H, W, 3] (arrays or PIL images).
     references: reference images of the same size.
+    labels: optional class of each prediction, with
+    classifier: a `SampleClassifier` folder (`st-ar evaluate --save-classifier`): adds the sample accuracy.
 Returns:
-    fid, sfid, inception_score, precision, recall, num_samples, num_reference, feature_network.
+    fid, sfid, inception_score, precision, recall (None with the reason under "unreliable" when there are fewer
+    images than feature dimensions), num_samples, num_reference, feature_network; with a classifier also
+    sample_accuracy, per_class, classifier_held_out_accuracy.
 """
 
 
@@ -34,7 +39,12 @@ class EvaluateADM(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
         )
 
-    def _compute(self, predictions, references):
+    def _compute(self, predictions, references, labels=None, classifier=None):
         samples = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in predictions])
         reference = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in references])
-        return evaluate_generation(samples, reference)
+        results = evaluate_generation(samples, reference)
+        if (labels is None) != (classifier is None):
+            raise ValueError("sample accuracy needs both `labels` (one per prediction) and `classifier` (a folder)")
+        if classifier is not None:
+            results.update(sample_accuracy(SampleClassifier.from_pretrained(classifier), samples, np.asarray(labels)))
+        return results
