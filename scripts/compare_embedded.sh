@@ -6,8 +6,10 @@
 # digits). Writes runs/compare/table.md (mean and spread over the seeds of each variant), probe.png (probe accuracy
 # against AR step, every variant) and grids.png (each variant's final sample grid side by side).
 #
-#   bash scripts/compare_embedded.sh                 # seed 0, every variant (about 45 minutes on 2 cores)
-#   bash scripts/compare_embedded.sh 1 2             # more seeds of CONFIRM (default: baseline, masked, split)
+#   bash scripts/compare_embedded.sh                 # seed 0, every variant (about an hour on 2 cores)
+#   bash scripts/compare_embedded.sh 0 1 2           # and seeds 1, 2 of CONFIRM (default: baseline, masked, split)
+# Measured on the 2-core machine: two variants x three seeds in 39 minutes (beside the test suite and CI); a run of
+# ST-AR takes 6-9 minutes on one core with another beside it, the baseline 5-7, `unmasked` 9-10.
 #   VARIANTS="baseline split" bash scripts/compare_embedded.sh 0 1 2   # chosen variants (OUT=folder: elsewhere)
 #
 # Two parts run at a time (one core each); every finished part is kept, so a rerun resumes.
