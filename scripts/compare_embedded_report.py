@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def variant_results(out: Path, variant: str, seeds: list[str]) -> list[dict]:
-    """Per finished seed: sample accuracy, FID (or its unreliable value), probe per step, and the final grid."""
+    """Per finished seed: sample accuracy (overall, worst class), FID (or its unreliable value), probe per step, and
+    the final grid."""
     found = []
     for seed in seeds:
         run = out / f"{variant}-{seed}"
@@ -29,6 +30,7 @@ def variant_results(out: Path, variant: str, seeds: list[str]) -> list[dict]:
         probe = {int(step): top1 for step, top1 in json.loads((run / "probe" / "probe.json").read_text())["top1"].items()}
         grids = sorted((run / "samples").glob("samples-*.png"))
         found.append({"seed": seed, "accuracy": generation["sample_accuracy"], "fid": fid, "probe": probe,
+                      "worst_class": min(generation["per_class"].values()),
                       "fid_reliable": generation["fid"] is not None, "grid": grids[-1] if grids else None})
     return found
 
@@ -48,11 +50,9 @@ def main() -> None:
         last = max(runs[0]["probe"])
         best = [max(run["probe"].values()) for run in runs]
         best_steps = "/".join(str(max(run["probe"], key=run["probe"].get)) for run in runs)
-        generation = [json.loads((out / f"{variant}-{run['seed']}" / "generation.json").read_text()) for run in runs]
-        worst = [min(next(iter(g["samples"].values()))["per_class"].values()) for g in generation]
         marker = "" if all(run["fid_reliable"] for run in runs) else " (unreliable)"
         lines.append(f"| {variant} | {','.join(run['seed'] for run in runs)} | {spread([r['accuracy'] for r in runs], 100)} | "
-                     f"{spread(worst, 100)} | {spread([r['fid'] for r in runs], digits=2)}{marker} | "
+                     f"{spread([r['worst_class'] for r in runs], 100)} | {spread([r['fid'] for r in runs], digits=2)}{marker} | "
                      f"{spread([r['probe'][last] for r in runs], 100)} | {spread(best, 100)} (step {best_steps}) |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -14,7 +14,8 @@ in the global batch (gathered across processes, as MoCo v3 does).
 `ar_pass` says which student pass L_AR reads when the attention mask is on (L_MIM > 0):
 - "masked": the masked pass, so one student forward serves every term, as the paper's Fig. 3 draws it; the model is
   trained with a quarter of its keys hidden and generates with none.
-- "unmasked": a second, plain student forward for L_AR (one more forward and backward of the student per step).
+- "unmasked": a second, plain student pass for L_AR (one more forward and backward of the student per step; both
+  passes run as one forward over the batch and its copy).
 - "split": one forward in which only the even sequences of the batch are masked (with two views: the first view of
   every image); L_MIM reads those, L_AR the plain ones, the contrastive terms all (no extra cost; each of L_AR and
   L_MIM sees half the sequences).
@@ -123,21 +124,25 @@ class STARObjective(nn.Module):
         config = _unwrap(student).config
         start = config.cls_token_num - 1  # outputs from `start` on predict tokens 0..T-1
 
-        bias, targets, masked_rows = None, input_ids, None
+        rows, row_labels, bias, targets, masked_rows = input_ids, labels, None, input_ids, None
         if self.weights["mim"] > 0:
             bias = random_key_mask(input_ids.shape[0], seq_len - 1 + config.cls_token_num, self.mask_ratio,
                                    config.cls_token_num, dtype=torch.float32, device=tokens.device)
-            if self.ar_pass == "split":  # even rows masked (for L_MIM), odd rows plain (for L_AR: -100 is ignored)
+            ignored = torch.full_like(input_ids, -100)  # cross_entropy's ignore_index
+            if self.ar_pass == "split":  # even rows masked (for L_MIM), odd rows plain (for L_AR)
                 masked_rows = torch.arange(len(input_ids), device=tokens.device) % 2 == 0  # [B*V]
                 bias = bias.masked_fill(~masked_rows[:, None, None, None], 0.0)
-                targets = input_ids.masked_fill(masked_rows[:, None], -100)
-        out = student(input_ids=input_ids[:, :-1], class_labels=labels, labels=targets, attention_bias=bias,
+                targets = torch.where(masked_rows[:, None], ignored, input_ids)
+            elif self.ar_pass == "unmasked":  # both passes in one forward (one DDP forward per backward):
+                rows, row_labels = input_ids.repeat(2, 1), labels.repeat(2)  # [2*B*V, T]: masked copy, plain copy
+                bias = torch.cat([bias, torch.zeros_like(bias)])
+                targets = torch.cat([ignored, input_ids])
+        out = student(input_ids=rows[:, :-1], class_labels=row_labels, labels=targets, attention_bias=bias,
                       output_hidden_states=self.uses_teacher)
         terms = {"ar": out.loss}  # the family's next-token cross-entropy (Prologue's: of the unmasked logits)
-        if bias is not None and self.ar_pass == "unmasked":
-            terms["ar"] = student(input_ids=input_ids[:, :-1], class_labels=labels, labels=input_ids).loss
         if self.uses_teacher:
-            terms.update(self._self_guidance_terms(out.hidden_states, teacher, input_ids, labels, start,
+            student_hidden = [hidden[: len(input_ids)] for hidden in out.hidden_states]  # the masked pass's rows
+            terms.update(self._self_guidance_terms(student_hidden, teacher, input_ids, labels, start,
                                                    (batch_size, num_views), gather, image_offset, masked_rows))
         terms = {name: value for name, value in terms.items() if self.weights[name] > 0}
         terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
