@@ -36,6 +36,8 @@ step "VAR-d16 and FlexVAR-d16 sampling, bf16" \
     "$PYTHON" bench_scalewise.py --dtypes bf16 --batches 1 8 32 --no-reference --repeats 3
 step "ST-AR training step against the baseline step, bf16" \
     "$PYTHON" bench_training.py --dtypes bf16 --sequences 32
+step "SAR training step against teacher forcing, FlexVAR-d16 (16 blocks), bf16 and fp32" \
+    "$PYTHON" bench_sar.py --dtypes bf16 fp32 --batch 8 --repeats 3
 step "Prologue-B sampling (split CFG) against LlamaGen-B, bf16" \
     "$PYTHON" bench_prologue.py --dtypes bf16 --batches 1 8 32 --no-reference --repeats 3
 step "Prologue's phase-1 step against the plain tokenizer step" \

@@ -6,10 +6,11 @@
 # digits). Writes runs/compare/table.md (mean and spread over the seeds of each variant), probe.png (probe accuracy
 # against AR step, every variant) and grids.png (each variant's final sample grid side by side).
 #
-#   bash scripts/compare_embedded.sh                 # seed 0, every variant (about an hour on 2 cores)
-#   bash scripts/compare_embedded.sh 0 1 2           # and seeds 1, 2 of CONFIRM (default: baseline, masked, unmasked)
-# Measured on the 2-core machine: two variants x three seeds in 39 minutes (beside the test suite and CI); a run of
-# ST-AR takes 6-9 minutes on one core with another beside it, the baseline 5-7, `unmasked` 9-10.
+#   bash scripts/compare_embedded.sh        # seed 0, every variant (11: about an hour on 2 cores)
+#   bash scripts/compare_embedded.sh 0 1 2  # and seeds 1, 2 of CONFIRM (default: baseline masked unmasked temperature_0.5)
+# Measured on the 2-core machine: two variants (train, sample, score, probe) in 10-11 minutes side by side; the
+# eight confirming runs of seeds 1 and 2 take about 45 minutes. A run of ST-AR trains for 6-9 minutes on one core
+# with another beside it, the baseline 5-7, `unmasked` 9-10.
 #   VARIANTS="baseline split" bash scripts/compare_embedded.sh 0 1 2   # chosen variants (OUT=folder: elsewhere)
 #
 # Two parts run at a time (one core each); every finished part is kept, so a rerun resumes.
@@ -39,7 +40,7 @@ declare -A flags=(
   [temperature_0.5]="$star --ar_pass masked --step_weight 0.5 --view_weight 0.5 --temperature 0.5"
 )
 order="baseline baseline_32x2 mim mim_step mim_view masked unmasked split ema_0.9999 temperature_0.1 temperature_0.5"
-confirm=${CONFIRM:-baseline masked unmasked}
+confirm=${CONFIRM:-baseline masked unmasked temperature_0.5}
 read -r guidance top_p size < <(python -c "import yaml; c = yaml.safe_load(open('training/configs/default.yaml'))
 print(c['validation_guidance_scale'], c['validation_top_p'], c['image_size'])")
 steps=$(seq -s, 1 $(( (size / 4) ** 2 )))  # every AR step of the 4x-downsampled token grid

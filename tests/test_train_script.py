@@ -130,7 +130,9 @@ def test_two_processes_see_different_examples_and_keep_identical_weights(assets,
                                           "codebook_embed_dim")}
     tokenizer_config = tmp_path / "tokenizer.yaml"
     tokenizer_config.write_text(yaml.safe_dump(tokenizer))
-    config = _config(assets, tmp_path, vqvae=None, tokenizer_config=str(tokenizer_config), max_train_steps=3)
+    # ar_pass unmasked: the masked and plain student passes run as one DDP forward before the backward
+    config = _config(assets, tmp_path, vqvae=None, tokenizer_config=str(tokenizer_config), max_train_steps=3,
+                     ar_pass="unmasked")
     run = _launch(config, processes=2)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "pipeline" / "training_summary.json").read_text())
