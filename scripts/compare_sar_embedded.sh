@@ -1,40 +1,47 @@
 #!/usr/bin/env bash
 # The embedded SAR demo: on the MNIST-5k digits, pre-train a small FlexVAR by teacher forcing (after its tokenizer),
 # then continue it for the same 200 steps twice from the same checkpoint, by teacher forcing alone
-# (sar_embedded_tf.yaml) and with SAR (sar_embedded.yaml), for seeds 0, 1 and 2, two runs side by side; sample 150
-# digits per class from every model with the same noise (two at a time) and score them (training/evaluate_digits.py: FID on
-# EfficientNet-Lite0 features against the 4,500 train digits, sample accuracy by a digit CNN trained on the train
-# split). Results in runs/sar_embedded/compare/results.json and a summary table on stdout.
+# (sar_embedded_tf.yaml) and with SAR (sar_embedded.yaml), for seeds 0, 1 and 2; sample 150 digits per class from
+# every model with the same noise and score them (training/evaluate_digits.py: FID on EfficientNet-Lite0 features
+# against the 4,500 train digits, sample accuracy by a digit CNN trained on the train split). Results in
+# runs/sar_embedded/compare/results.json and a summary table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
+. scripts/jobs.sh
 launch() { accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no "$@"; }
-out=runs/sar_embedded/compare
+runs=runs/sar_embedded out=runs/sar_embedded/compare
+cache=$out/evaluation_cache  # the digit CNN and the reference features, made by the first evaluation
 mkdir -p $out
-[ -f runs/sar_embedded/pretrain/pipeline/model_index.json ] || launch --num_cpu_threads_per_process 2 \
+[ -f $runs/pretrain/pipeline/model_index.json ] || launch --num_cpu_threads_per_process 2 \
     training/train_scalewise.py --config training/configs/flexvar_embedded.yaml   # alone on the machine: 2 threads
-for seed in 0 1 2; do
-  for mode in tf sar; do
+# Then two parts at a time, one thread each, every part as soon as its inputs exist: each continuation, its sampler
+# (150 digits per class with the same noise) and its evaluation. Finished parts are kept, so a rerun resumes.
+first=
+for model in pretrain tf-0 sar-0 tf-1 sar-1 tf-2 sar-2; do
+  mode=${model%-*} seed=${model#*-}
+  if [ $model != pretrain ] && [ ! -f $runs/$model/pipeline/model_index.json ]; then
     config=training/configs/$([ $mode = sar ] && echo sar_embedded || echo sar_embedded_tf).yaml
-    [ -f runs/sar_embedded/$mode-$seed/pipeline/model_index.json ] || launch training/train_scalewise.py --config $config \
-        --seed $seed --output_dir runs/sar_embedded/$mode-$seed --validation_steps 0 > $out/$mode-$seed.log 2>&1 &
-  done
-  wait
+    add "" "launch training/train_scalewise.py --config $config --seed $seed --output_dir $runs/$model \
+        --validation_steps 0 > $out/$model.log 2>&1"
+  fi
+  [ -f $out/$model.npz ] || add $runs/$model/pipeline/model_index.json "launch training/sample_ddp.py \
+      --model $runs/$model/pipeline --num_samples 1500 --per_class --guidance_scale 1.5 --batch_size 100 \
+      --out $out/$model.npz > $out/sample_$model.log 2>&1"
+  [ -f $out/$model.json ] || add "$out/$model.npz ${first:+$cache/classifier-24/model.safetensors $cache/reference-train-24.npz}" \
+      "OMP_NUM_THREADS=1 python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k \
+      --samples $out/$model.npz --cache_dir $cache --out $out/$model.json > $out/evaluate_$model.log 2>&1"
+  first=$model
 done
-samples=()
-for model in pretrain tf-0 sar-0 tf-1 sar-1 tf-2 sar-2; do  # two samplers at a time, one thread each
-  [ -f $out/$model.npz ] || launch training/sample_ddp.py --model runs/sar_embedded/$model/pipeline --num_samples 1500 \
-      --per_class --guidance_scale 1.5 --batch_size 100 --out $out/$model.npz > $out/sample_$model.log 2>&1 &
-  samples+=($out/$model.npz)
-  [ $(( ${#samples[@]} % 2 )) = 1 ] || wait
-done
-wait
-python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k --samples "${samples[@]}" --out $out/results.json
+run_jobs $out
 python - <<'PY'
 import json
 import numpy as np
-results = json.load(open("runs/sar_embedded/compare/results.json"))
-rows = {k.split("/")[-1][:-4]: v for k, v in results["samples"].items()}
+models = ["pretrain"] + [f"{mode}-{seed}" for seed in range(3) for mode in ("tf", "sar")]
+parts = {model: json.load(open(f"runs/sar_embedded/compare/{model}.json")) for model in models}
+rows = {model: next(iter(part["samples"].values())) for model, part in parts.items()}
+results = {**parts["pretrain"], "samples": {model: rows[model] for model in models}}
+json.dump(results, open("runs/sar_embedded/compare/results.json", "w"), indent=1)
 print(f"digit classifier on the test split: {results['classifier_held_out_accuracy']:.3f}")
 print("| model | FID (EfficientNet-Lite0) | class accuracy |\n|---|---|---|")
 print(f"| pre-trained (800 steps) | {rows['pretrain']['fid']:.2f} | {rows['pretrain']['sample_accuracy']:.3f} |")
