@@ -128,15 +128,14 @@ class STARObjective(nn.Module):
         if self.weights["mim"] > 0:
             bias = random_key_mask(input_ids.shape[0], seq_len - 1 + config.cls_token_num, self.mask_ratio,
                                    config.cls_token_num, dtype=torch.float32, device=tokens.device)
-            ignored = torch.full_like(input_ids, -100)  # cross_entropy's ignore_index
-            if self.ar_pass == "split":  # even rows masked (for L_MIM), odd rows plain (for L_AR)
+            if self.ar_pass == "split":  # even rows masked (for L_MIM), odd rows plain (for L_AR: -100 is ignored)
                 masked_rows = torch.arange(len(input_ids), device=tokens.device) % 2 == 0  # [B*V]
                 bias = bias.masked_fill(~masked_rows[:, None, None, None], 0.0)
-                targets = torch.where(masked_rows[:, None], ignored, input_ids)
+                targets = input_ids.masked_fill(masked_rows[:, None], -100)
             elif self.ar_pass == "unmasked":  # both passes in one forward (one DDP forward per backward):
                 rows, row_labels = input_ids.repeat(2, 1), labels.repeat(2)  # [2*B*V, T]: masked copy, plain copy
                 bias = torch.cat([bias, torch.zeros_like(bias)])
-                targets = torch.cat([ignored, input_ids])
+                targets = torch.cat([torch.full_like(input_ids, -100), input_ids])  # L_AR on the plain copy only
         out = student(input_ids=rows[:, :-1], class_labels=row_labels, labels=targets, attention_bias=bias,
                       output_hidden_states=self.uses_teacher)
         terms = {"ar": out.loss}  # the family's next-token cross-entropy (Prologue's: of the unmasked logits)
