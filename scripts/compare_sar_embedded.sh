@@ -15,24 +15,26 @@ cache=$out/evaluation_cache  # the digit CNN and the reference features, made by
 mkdir -p $out
 [ -f $runs/pretrain/pipeline/model_index.json ] || launch --num_cpu_threads_per_process 2 \
     training/train_scalewise.py --config training/configs/flexvar_embedded.yaml   # alone on the machine: 2 threads
-# Then two parts at a time, one thread each, every part as soon as its inputs exist: each continuation, its sampler
-# (150 digits per class with the same noise) and its evaluation. Finished parts are kept, so a rerun resumes.
-first=
-for model in pretrain tf-0 sar-0 tf-1 sar-1 tf-2 sar-2; do
-  mode=${model%-*} seed=${model#*-}
-  if [ $model != pretrain ] && [ ! -f $runs/$model/pipeline/model_index.json ]; then
-    config=training/configs/$([ $mode = sar ] && echo sar_embedded || echo sar_embedded_tf).yaml
-    add "" "launch training/train_scalewise.py --config $config --seed $seed --output_dir $runs/$model \
-        --validation_steps 0 > $out/$model.log 2>&1"
-  fi
-  [ -f $out/$model.npz ] || add $runs/$model/pipeline/model_index.json "launch training/sample_ddp.py \
-      --model $runs/$model/pipeline --num_samples 1500 --per_class --guidance_scale 1.5 --batch_size 100 \
-      --out $out/$model.npz > $out/sample_$model.log 2>&1"
-  [ -f $out/$model.json ] || add "$out/$model.npz ${first:+$cache/classifier-24/model.safetensors $cache/reference-train-24.npz}" \
-      "OMP_NUM_THREADS=1 python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k \
-      --samples $out/$model.npz --cache_dir $cache --out $out/$model.json > $out/evaluate_$model.log 2>&1"
-  first=$model
+# Then two parts at a time, one thread each, every part as soon as its inputs exist, in this order of preference:
+# the pre-trained model's sampler and evaluation (which also trains the digit CNN and scores the reference digits
+# into $cache), the six continuations, then the other samplers (150 digits per class with the same noise) and
+# evaluations. Finished parts are kept, so a rerun resumes.
+sample() { [ -f $out/$1.npz ] || add $runs/$1/pipeline/model_index.json "launch training/sample_ddp.py \
+    --model $runs/$1/pipeline --num_samples 1500 --per_class --guidance_scale 1.5 --batch_size 100 \
+    --out $out/$1.npz > $out/sample_$1.log 2>&1"; }
+evaluate() { [ -f $out/$1.json ] || add "$out/$1.npz $2" "OMP_NUM_THREADS=1 python training/evaluate_digits.py \
+    --embedded_dataset_dir runs/data/mnist5k --samples $out/$1.npz --cache_dir $cache --out $out/$1.json \
+    > $out/evaluate_$1.log 2>&1"; }
+sample pretrain
+evaluate pretrain ""
+continuations="tf-0 sar-0 tf-1 sar-1 tf-2 sar-2"
+for model in $continuations; do
+  config=training/configs/$([ ${model%-*} = sar ] && echo sar_embedded || echo sar_embedded_tf).yaml
+  [ -f $runs/$model/pipeline/model_index.json ] || add "" "launch training/train_scalewise.py --config $config \
+      --seed ${model#*-} --output_dir $runs/$model --validation_steps 0 > $out/$model.log 2>&1"
 done
+for model in $continuations; do sample $model; done
+for model in $continuations; do evaluate $model "$cache/classifier-24/model.safetensors $cache/reference-train-24.npz"; done
 run_jobs $out
 python - <<'PY'
 import json
