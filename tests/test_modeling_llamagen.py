@@ -24,9 +24,19 @@ def test_class_token_rope_rows_are_zero_and_zero_q_and_k(tiny_gpt):
     cls = tiny_gpt.config.cls_token_num
     assert torch.count_nonzero(rope.cos[:cls]) == 0 and torch.count_nonzero(rope.sin[:cls]) == 0
     x = torch.randn(2, cls + 3, 4, tiny_gpt.config.head_dim)
-    rotated = apply_rotary_emb(x, *rope(torch.arange(cls + 3)))
+    rotated = apply_rotary_emb(x, rope(torch.arange(cls + 3)))
     assert torch.count_nonzero(rotated[:, :cls]) == 0
     assert torch.allclose(rotated[:, cls].norm(dim=-1), x[:, cls].norm(dim=-1), atol=1e-5)  # cell (0, 0): identity
+
+
+def test_rope_rotates_interleaved_pairs_as_the_real_formula(tiny_gpt):
+    """LlamaGen's real form: (x_2i, x_2i+1) -> (x_2i cos - x_2i+1 sin, x_2i+1 cos + x_2i sin)."""
+    positions = torch.arange(tiny_gpt.max_sequence_length)
+    cos, sin = tiny_gpt.rotary_emb.cos[positions][:, None], tiny_gpt.rotary_emb.sin[positions][:, None]
+    x = torch.randn(2, len(positions), 4, tiny_gpt.config.head_dim)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2)
+    torch.testing.assert_close(apply_rotary_emb(x, tiny_gpt.rotary_emb(positions)), expected, rtol=0, atol=1e-6)
 
 
 def test_rope_first_half_follows_row_second_half_column(tiny_gpt):

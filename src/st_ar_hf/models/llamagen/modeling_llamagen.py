@@ -36,7 +36,8 @@ class LlamaGenRMSNorm(nn.Module):
 
 
 class LlamaGen2DRotaryEmbedding(nn.Module):
-    """cos/sin tables [cls_token_num + grid^2, head_dim/2] for interleaved-pair RoPE.
+    """cos/sin tables [cls_token_num + grid^2, head_dim/2] for interleaved-pair RoPE; `forward(positions)` gives the
+    rotations of those positions as complex numbers cos + j sin [T, head_dim/2].
 
     Of the head_dim/2 rotary pairs, the first half rotates with the row of the token's grid cell and the second half
     with its column. Class-token rows are zero (cos = sin = 0), which zeroes their q and k, as in LlamaGen.
@@ -61,8 +62,9 @@ class LlamaGen2DRotaryEmbedding(nn.Module):
         prefix = torch.zeros(config.cls_token_num, 2 * quarter)
         return torch.cat([prefix, grid_angles.cos()]), torch.cat([prefix, grid_angles.sin()])
 
-    def forward(self, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[position_ids], self.sin[position_ids]  # [T, D/2] each
+    def forward(self, position_ids: torch.LongTensor) -> torch.Tensor:
+        # the tables are in the model's dtype (as LlamaGen's freqs_cis after `.to(dtype)`); the rotation is in fp32
+        return torch.complex(self.cos[position_ids].float(), self.sin[position_ids].float())  # [T, D/2], complex64
 
 
 class LlamaGenLinear(nn.Linear):
@@ -70,8 +72,10 @@ class LlamaGenLinear(nn.Linear):
 
     For `x @ W^T` with 2 to 64 rows, MKL's fp32 GEMM runs its small-M path at a quarter to a half of the memory
     bandwidth; with the weight as the left operand it streams the weight and runs 1.2-3x faster, the same product up
-    to rounding (measured per shape on a 2-core EPYC, torch 2.13; README, Performance). bf16 gains nothing and keeps
-    `F.linear`.
+    to rounding (measured per shape on a 2-core EPYC, torch 2.13; README, Performance). The rows must reach MKL as
+    the transpose of a contiguous [rows, in] matrix: the same numbers laid out as a contiguous [in, rows] (what the
+    transposed output of the layer before gives) take a path 2-3x slower, so `x` is made contiguous first (a copy
+    of a few rows). bf16 gains nothing and keeps `F.linear`.
     """
 
     max_weight_major_rows = 64
@@ -83,15 +87,15 @@ class LlamaGenLinear(nn.Linear):
         rows = x.numel() // x.shape[-1]
         if x.device.type != "cpu" or x.dtype != torch.float32 or rows > self.max_weight_major_rows:
             return super().forward(x)
-        return (self.weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], -1)
+        return (self.weight @ x.reshape(rows, -1).contiguous().T).T.reshape(*x.shape[:-1], -1)
 
 
-def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D]; pairs (2i, 2i+1) rotate by the angle of row i of cos/sin [T, D/2]; computed in fp32."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(x)
+def apply_rotary_emb(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D]; pair (2i, 2i+1) of each head, read as the complex number x_2i + j x_2i+1, is multiplied by
+    rotation [T, D/2] (complex64, cos + j sin of its angle); computed in fp32. One complex product: the same
+    x_2i cos - x_2i+1 sin, x_2i+1 cos + x_2i sin as the real form, in fewer kernels."""
+    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
+    return torch.view_as_real(pairs * rotation[:, None, :]).flatten(-2).type_as(x)
 
 
 class LlamaGenAttention(nn.Module):
@@ -109,12 +113,12 @@ class LlamaGenAttention(nn.Module):
         self.o_proj = LlamaGenLinear(config.hidden_size, config.hidden_size)
         self.resid_dropout = nn.Dropout(config.residual_dropout)
 
-    def forward(self, hidden_states, rotary, attention_mask, past_key_values: Cache | None = None, num_keys=None):
+    def forward(self, hidden_states, rotation, attention_mask, past_key_values: Cache | None = None, num_keys=None):
         batch, seq_len, _ = hidden_states.shape
         kv_dim = self.num_key_value_heads * self.head_dim
-        q, k, v = self.qkv_proj(hidden_states).split([self.config.hidden_size, kv_dim, kv_dim], dim=-1)
-        q = apply_rotary_emb(q.view(batch, seq_len, -1, self.head_dim), *rotary).transpose(1, 2)  # [B, H, T, D]
-        k = apply_rotary_emb(k.view(batch, seq_len, -1, self.head_dim), *rotary).transpose(1, 2)  # [B, Hkv, T, D]
+        qk, v = self.qkv_proj(hidden_states).split([self.config.hidden_size + kv_dim, kv_dim], dim=-1)
+        qk = apply_rotary_emb(qk.view(batch, seq_len, -1, self.head_dim), rotation).transpose(1, 2)  # [B, H + Hkv, T, D]
+        q, k = qk.split([self.num_heads, self.num_key_value_heads], dim=1)
         v = v.view(batch, seq_len, -1, self.head_dim).transpose(1, 2)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # [B, Hkv, S, D]
@@ -152,9 +156,9 @@ class LlamaGenDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = LlamaGenRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaGenMLP(config)
 
-    def forward(self, hidden_states, rotary, attention_mask=None, past_key_values=None, num_keys=None):
+    def forward(self, hidden_states, rotation, attention_mask=None, past_key_values=None, num_keys=None):
         attn_output, attn_weights = self.self_attn(
-            self.input_layernorm(hidden_states), rotary, attention_mask, past_key_values, num_keys
+            self.input_layernorm(hidden_states), rotation, attention_mask, past_key_values, num_keys
         )
         hidden_states = hidden_states + attn_output
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights
@@ -306,13 +310,13 @@ class LlamaGenForImageGeneration(PreTrainedModel):
 
         if cache_position is None:
             cache_position = torch.arange(past_length, past_length + seq_len, device=hidden_states.device)
-        rotary = self.rotary_emb(cache_position)
+        rotation = self.rotary_emb(cache_position)
         attention_mask, num_keys = self._attention_mask(hidden_states, cache_position, past_key_values, attention_bias)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, rotary, attention_mask, past_key_values, num_keys)
+            hidden_states, attn_weights = layer(hidden_states, rotation, attention_mask, past_key_values, num_keys)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:

@@ -148,7 +148,7 @@ class PrologueLinear(nn.Linear):
         if (x.device.type != "cpu" or x.dtype != torch.float32 or rows > self.max_weight_major_rows
                 or x.ndim < 2 or x.shape[-2] != 1):
             return super().forward(x)
-        out = (self.weight @ x.reshape(rows, -1).T).T
+        out = (self.weight @ x.reshape(rows, -1).contiguous().T).T
         return (out if self.bias is None else out + self.bias).reshape(*x.shape[:-1], -1)
 
 
