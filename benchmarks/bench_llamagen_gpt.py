@@ -4,8 +4,9 @@ Each measurement prints its baseline from the same run and the ratio:
 - forward: SDPA attention against the eager (matmul + softmax) attention,
 - decoding: the static-KV-cache step against recomputing the whole prefix for every token (no cache),
 and the fraction of this machine's matmul peak, measured here with a large square matmul in the same dtype. Decoding
-small batches is bound by reading the weights once per step instead: its floor is weight bytes / memory bandwidth,
-with the bandwidth measured here by a large copy, and the script prints the fraction of that floor reached.
+small batches is bound by reading the weights (and the filled KV cache) once per step instead: its floor is
+`measure.decoding_step_floor` (bytes read / read bandwidth, or FLOPs / peak where larger), and the script prints the
+fraction of that floor reached.
 
     python benchmarks/bench_llamagen_gpt.py [--size B] [--batch 8] [--decode-tokens 64] [--dtypes fp32 bf16]
 """
@@ -14,7 +15,7 @@ import argparse
 import copy
 
 import torch
-from measure import forward_flops_per_token, matmul_peak_flops, memory_bandwidth, timed
+from measure import decoding_step_floor, forward_flops_per_token, matmul_peak_flops, memory_bandwidth, timed
 from transformers import StaticCache
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
@@ -73,10 +74,10 @@ def main():
         ).eval().to(dtype)
         eager.load_state_dict(sdpa.state_dict())
         peak, bandwidth = matmul_peak_flops(dtype), memory_bandwidth()
-        weight_bytes = sum(p.numel() * p.element_size() for p in sdpa.parameters())
-        floor_steps_per_s = bandwidth / weight_bytes
-        print(f"\n[{name}] matmul peak {peak / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-              f"weights {weight_bytes / 1e6:.0f} MB -> at most {floor_steps_per_s:.1f} decode steps/s")
+        mean_keys = sdpa.config.cls_token_num + args.decode_tokens / 2
+        floor_steps_per_s = 1 / decoding_step_floor(sdpa, args.batch, mean_keys, peak, bandwidth)
+        print(f"\n[{name}] matmul peak {peak / 1e9:.1f} GFLOP/s, read bandwidth {bandwidth / 1e9:.1f} GB/s "
+              f"-> at most {floor_steps_per_s:.1f} decode steps/s")
         rows = [
             ("forward (sdpa)", *bench_forward(sdpa, args.batch)),
             ("forward baseline (eager)", *bench_forward(eager, args.batch)),
@@ -86,7 +87,7 @@ def main():
         for label, tokens_per_s, flops_per_s, *steps_per_s in rows:
             line = f"  {label:28s} {tokens_per_s:9.1f} tokens/s  {flops_per_s / 1e9:7.1f} GFLOP/s  {100 * flops_per_s / peak:5.1f}% of peak"
             if steps_per_s:
-                line += f"  {steps_per_s[0]:5.1f} steps/s = {100 * steps_per_s[0] / floor_steps_per_s:5.1f}% of the bandwidth floor"
+                line += f"  {steps_per_s[0]:5.1f} steps/s = {100 * steps_per_s[0] / floor_steps_per_s:5.1f}% of the floor"
             print(line)
         print(f"  ratio forward sdpa/eager: {rows[0][1] / rows[1][1]:.2f}x   "
               f"ratio decode cache/no-cache: {rows[2][1] / rows[3][1]:.2f}x")

@@ -6,7 +6,8 @@ For each batch size, in the same run:
   [cond; null] in one forward, the paper's split CFG 0.7 / 3.75 / 0.2),
 - baseline "no cache": the whole [cond; null] sequence recomputed every step (batch 1 only: it is quadratic),
 - LlamaGen-B at equal settings (CFG, batch, dtype): 256 tokens per image where Prologue decodes 273,
-and the floor of one decoding step: max(weight bytes / copy bandwidth, FLOPs / matmul peak), both measured here.
+and the floor of one decoding step at the mean context: max(bytes read / read bandwidth, FLOPs / matmul peak), the
+bytes being the weights but the embedding tables and the filled KV cache (`measure.decoding_step_floor`).
 Each row is timed best of `--repeats` calls, the rows interleaved, after one warm-up call per row.
 
     python benchmarks/bench_prologue.py [--batches 1 4] [--dtypes fp32 bf16] [--repeats 2]
@@ -15,11 +16,11 @@ Each row is timed best of `--repeats` calls, the rows interleaved, after one war
 import argparse
 
 import torch
-from measure import forward_flops_per_token, interleaved_best, matmul_peak_flops, memory_bandwidth
+from measure import decoding_step_floor, interleaved_best, matmul_peak_flops, memory_bandwidth
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, PrologueConfig, PrologueForImageGeneration
 from st_ar_hf.pipelines import decoding_llamagen, decoding_prologue
-from st_ar_hf.pipelines.sampling import sample
+from st_ar_hf.pipelines.sampling import exponential_noise, sample
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SPLIT_CFG = (0.7, 3.75, 0.2)
@@ -48,7 +49,7 @@ def no_cache_reference(model, class_labels, generator):
     for step in range(config.sequence_length):
         cond, uncond = model(input_ids=torch.cat([tokens, tokens]), class_labels=labels).logits[:, -1].chunk(2)
         logits = torch.where(cond.isneginf(), cond, uncond + (cond - uncond) * scales[step])
-        noise = torch.empty(logits.shape).exponential_(generator=generator).to(logits.device)
+        noise = exponential_noise(generator, logits.shape, logits.device)
         tokens = torch.cat([tokens, sample(logits, noise=noise)[:, None]], dim=1)
     return tokens
 
@@ -69,9 +70,7 @@ def main():
         prologue, llamagen = build(dtype, device)
         config = prologue.config
         peak, bandwidth = matmul_peak_flops(dtype, device), memory_bandwidth(device)
-        weight_bytes = sum(p.numel() * p.element_size() for p in prologue.parameters())
-        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, copy bandwidth {bandwidth / 1e9:.0f} GB/s, "
-              f"Prologue-B weights {weight_bytes / 1e6:.0f} MB")
+        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, read bandwidth {bandwidth / 1e9:.0f} GB/s")
         warmed_up = set()
         for batch in args.batches:
             labels = torch.randint(0, 1000, (batch,), device=device)
@@ -84,10 +83,9 @@ def main():
             if batch == 1 and not args.no_reference:
                 rows.append(("Prologue baseline: no cache", lambda: no_cache_reference(
                     prologue, labels, torch.Generator().manual_seed(0))))
-            step_flops = 2 * batch * forward_flops_per_token(config, config.sequence_length / 2)
-            floor = max(weight_bytes / bandwidth, step_flops / peak) * config.sequence_length  # seconds per batch
+            floor = decoding_step_floor(prologue, 2 * batch, config.sequence_length / 2, peak, bandwidth) * config.sequence_length
             print(f"  batch {batch:3d}: Prologue floor {batch / floor:8.3f} images/s "
-                  f"(per step: weights {1e3 * weight_bytes / bandwidth:.2f} ms, FLOPs {1e3 * step_flops / peak:.2f} ms)")
+                  f"({1e3 * floor / config.sequence_length:.1f} ms/step)")
             best = interleaved_best(rows, args.repeats, warmed_up)
             fast_seconds = best[rows[0][0]]
             for label, seconds in best.items():

@@ -7,7 +7,8 @@ For each dtype and batch size, in the same run:
   FoundationVision/LlamaGen (kept outside this repository; its GPT is built there and converted here),
 - baseline "eager": the fast loop with the eager (matmul + softmax) attention,
 - baseline "no cache": the reference that recomputes the whole sequence every step (batch 1 only: it is quadratic),
-and the floor of one decoding step: max(weight bytes / copy bandwidth, FLOPs / matmul peak), both measured here.
+and the floor of one decoding step at the mean context: max(bytes read / read bandwidth, FLOPs / matmul peak), the
+bytes being the weights but the embedding tables and the filled KV cache (`measure.decoding_step_floor`).
 Top-k and top-p are off in every row; each row is timed best of `--repeats` calls, the rows interleaved, after
 one warm-up call per row.
 
@@ -19,12 +20,12 @@ import copy
 import sys
 
 import torch
-from measure import forward_flops_per_token, interleaved_best, matmul_peak_flops, memory_bandwidth
+from measure import decoding_step_floor, interleaved_best, matmul_peak_flops, memory_bandwidth
 
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration
 from st_ar_hf.models.llamagen.convert_llamagen import convert_llamagen_gpt
 from st_ar_hf.pipelines.decoding_llamagen import generate
-from st_ar_hf.pipelines.sampling import guide, sample
+from st_ar_hf.pipelines.sampling import exponential_noise, guide, sample
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -57,7 +58,7 @@ def no_cache_reference(model, class_labels, guidance_scale, generator):
     tokens = torch.empty(len(class_labels), 0, dtype=torch.long, device=class_labels.device)
     for _ in range(model.config.block_size):
         logits = guide(model(input_ids=torch.cat([tokens, tokens]), class_labels=labels).logits[:, -1], guidance_scale)
-        noise = torch.empty(logits.shape, device=generator.device).exponential_(generator=generator).to(logits.device)
+        noise = exponential_noise(generator, logits.shape, logits.device)
         tokens = torch.cat([tokens, sample(logits, noise=noise)[:, None]], dim=1)
     return tokens
 
@@ -89,9 +90,7 @@ def main():
         eager.load_state_dict(sdpa.state_dict())
         eager = eager.eval().to(device, dtype)
         peak, bandwidth = matmul_peak_flops(dtype, device), memory_bandwidth(device)
-        weight_bytes = sum(p.numel() * p.element_size() for p in sdpa.parameters())
-        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, copy bandwidth {bandwidth / 1e9:.0f} GB/s, "
-              f"weights {weight_bytes / 1e6:.0f} MB")
+        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, read bandwidth {bandwidth / 1e9:.0f} GB/s")
         warmed_up = set()
         for batch in args.batches:
             labels = torch.randint(0, config.num_classes, (batch,), device=device)
@@ -107,10 +106,9 @@ def main():
             if batch == 1 and not args.no_reference:
                 rows.append(("baseline: no cache", lambda: no_cache_reference(sdpa, labels, args.guidance_scale,
                                                                               torch.Generator().manual_seed(0))))
-            step_flops = 2 * batch * forward_flops_per_token(config, config.block_size / 2)
-            floor = max(weight_bytes / bandwidth, step_flops / peak) * config.block_size  # seconds per grid batch
-            print(f"  batch {batch:3d}: floor {batch / floor:8.2f} images/s "
-                  f"(per step: weights {1e3 * weight_bytes / bandwidth:.2f} ms, FLOPs {1e3 * step_flops / peak:.2f} ms)")
+            mean_keys = config.cls_token_num + config.block_size / 2
+            floor = decoding_step_floor(sdpa, 2 * batch, mean_keys, peak, bandwidth) * config.block_size  # per grid batch
+            print(f"  batch {batch:3d}: floor {batch / floor:8.2f} images/s ({1e3 * floor / config.block_size:.1f} ms/step)")
             best = interleaved_best(rows, args.repeats, warmed_up)
             fast_seconds = best[rows[0][0]]
             for label, seconds in best.items():

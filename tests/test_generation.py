@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from st_ar_hf.pipelines.decoding_llamagen import generate
-from st_ar_hf.pipelines.sampling import filter_logits, sample
+from st_ar_hf.pipelines.sampling import exponential_noise, filter_logits, sample
 
 
 def _full_logits(model, tokens, class_labels):
@@ -62,7 +62,7 @@ def test_exponential_race_samples_the_softmax_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     draws = 40_000
     logits = probs.log().expand(draws, 4)
-    noise = torch.empty(draws, 4).exponential_(generator=torch.Generator().manual_seed(0))
+    noise = exponential_noise(torch.Generator().manual_seed(0), (draws, 4), torch.device("cpu"))
     frequencies = torch.bincount(sample(logits, noise=noise), minlength=4).float() / draws
     assert torch.allclose(frequencies, probs, atol=0.01)
     frequencies = torch.bincount(sample(logits, temperature=0.5, noise=noise), minlength=4).float() / draws
@@ -96,7 +96,7 @@ def _reference_generate(model, class_labels, guidance_scale, top_k, seed):
     for _ in range(model.config.block_size):
         cond = model(input_ids=tokens, class_labels=class_labels).logits[:, -1]
         uncond = model(input_ids=tokens, class_labels=null).logits[:, -1]
-        noise = torch.empty(cond.shape).exponential_(generator=generator)
+        noise = exponential_noise(generator, cond.shape, cond.device)
         logits = uncond + (cond - uncond) * guidance_scale
         tokens = torch.cat([tokens, sample(logits, top_k=top_k, noise=noise)[:, None]], dim=1)
     return tokens

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from st_ar_hf.pipelines.sampling import filter_logits, race
+from st_ar_hf.pipelines.sampling import exponential_noise, filter_logits, race
 
 ROLLOUT_SCALES = ("last", "all")
 ROLLOUT_TARGETS = ("teacher", "ground_truth")
@@ -111,7 +111,7 @@ def rollout_tokens(logits: torch.Tensor, scales: Sequence[int], sampling: Rollou
             cond, uncond = scale_logits.chunk(2)
             scale_logits = (1 + t) * cond - t * uncond
         flat = filter_logits(scale_logits.flatten(0, 1), sampling.top_k, sampling.top_p)  # [B s^2, V]
-        noise = torch.empty_like(flat).exponential_()  # the global RNG: accelerate's checkpoints restore it
+        noise = exponential_noise(None, flat.shape, flat.device)  # the global RNG: accelerate's checkpoints restore it
         tokens.append(race(flat, noise).view(batch, side * side))
         start += side * side
     return torch.cat(tokens, dim=1)
