@@ -6,7 +6,8 @@ For each model, dtype and batch size, in the same run:
   forward, the AdaLN modulations computed once per call),
 - baseline "no cache": the reference that reruns the whole teacher-forced sequence (block-causal mask) at every scale
   (at batch 1 only: it is slow),
-and the floor: for every scale, max(weight bytes / copy bandwidth, FLOPs / matmul peak), both measured here.
+and the floor: for every scale, max(bytes read / read bandwidth, FLOPs / matmul peak), both measured here, the bytes
+being the weights the scale reads and the KV cache of the scales so far.
 
     python benchmarks/bench_scalewise.py [--models var flexvar] [--batches 1 8] [--dtypes fp32 bf16] [--depth 16]
 """
@@ -64,15 +65,18 @@ def no_cache_reference(transformer, vqvae, labels, guidance_scale, generator):
     return maps
 
 
-def floor_seconds(config, batch: int, weight_bytes: float, peak: float, bandwidth: float) -> float:
-    """Sum over scales of max(weight reads, matmul FLOPs / peak) for the doubled batch: per token 24 C^2 per block
-    (qkv, out, MLP; the AdaLN modulations are computed once), 4 C x context for attention, 2 C V for the head."""
+def floor_seconds(config, batch: int, weight_bytes: float, element_size: int, peak: float, bandwidth: float) -> float:
+    """Sum over scales of max(bytes read / bandwidth, matmul FLOPs / peak) for the doubled batch. Bytes: the weights
+    and the keys and values of the context; FLOPs per token: 24 C^2 per block (qkv, out, MLP; the AdaLN modulations
+    are computed once), 4 C x context for attention, 2 C V for the head."""
     hidden, seconds, context = config.hidden_size, 0.0, 0
+    cache_bytes_per_token = 2 * config.num_hidden_layers * hidden * element_size
     for side in config.patch_nums:
         tokens = side * side
         context += tokens
         per_token = config.num_hidden_layers * (24 * hidden * hidden + 4 * hidden * context) + 2 * hidden * config.vocab_size
-        seconds += max(weight_bytes / bandwidth, 2 * batch * tokens * per_token / peak)
+        step_bytes = weight_bytes + 2 * batch * context * cache_bytes_per_token
+        seconds += max(step_bytes / bandwidth, 2 * batch * tokens * per_token / peak)
     return seconds
 
 
@@ -93,7 +97,7 @@ def main():
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         peak, bandwidth = matmul_peak_flops(dtype, device), memory_bandwidth(device)
-        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+        print(f"\n[{dtype_name}] matmul peak {peak / 1e12:.2f} TFLOP/s, read bandwidth {bandwidth / 1e9:.0f} GB/s")
         for model in args.models:
             transformer, vqvae = build(model, args.depth, dtype)
             transformer, vqvae = transformer.to(device), vqvae.to(device)
@@ -104,7 +108,7 @@ def main():
                   f"{weight_bytes / 1e6:.0f} MB read per scale")
             for batch in args.batches:
                 labels = torch.randint(0, 1000, (batch,), device=device)
-                floor = floor_seconds(transformer.config, batch, weight_bytes, peak, bandwidth)
+                floor = floor_seconds(transformer.config, batch, weight_bytes, dtype.itemsize, peak, bandwidth)
                 rows = [("fast (KV cache)", lambda: generate(transformer, vqvae, labels, transformer.config.patch_nums,
                                                              args.guidance_scale, generator=torch.Generator().manual_seed(0)))]
                 if batch == 1 and not args.no_reference:

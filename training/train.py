@@ -39,7 +39,7 @@ from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.prologue import prior_sequence
 from st_ar_hf.training.loop import (
     LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
-    make_optimizer, nonfinite_terms, report_sample_accuracy, skip_step,
+    make_optimizer, report_sample_accuracy, skip_step,
 )
 from st_ar_hf.training.tracking import finish_run, log_metrics
 
@@ -209,7 +209,6 @@ def main(args: ARTrainingArguments) -> None:
     window = LogWindow(args.gradient_accumulation_steps)
     bar = tqdm(total=args.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
     while state.global_step < args.max_train_steps:
-        bad_terms = None
         for _ in range(args.gradient_accumulation_steps):
             batch = next(batches)
             views, labels = batch["views"].to(accelerator.device), batch["label"].to(accelerator.device)
@@ -218,12 +217,9 @@ def main(args: ARTrainingArguments) -> None:
                 terms = objective(student, teacher, tokens, labels, gather=accelerator.gather if
                                   accelerator.num_processes > 1 else None,
                                   image_offset=accelerator.process_index * tokens.shape[0])
-                bad_terms = nonfinite_terms(terms, accelerator) or bad_terms
-                if bad_terms is not None:  # every process skips the step together
-                    continue
-                accelerator.backward(terms["loss"])
+                accelerator.backward(terms["loss"])  # a non-finite micro-batch's gradients are dropped below
             window.add(terms, tokens.shape[0])
-        if bad_terms is not None:
+        if (bad_terms := window.end_step(accelerator)) is not None:
             skip_step(state, optimizer, bad_terms, args.max_nonfinite_steps)
             continue
         grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
@@ -234,7 +230,6 @@ def main(args: ARTrainingArguments) -> None:
             update_ema(teacher, student, args.ema_decay)
         state.global_step += 1
         state.nonfinite_in_a_row = 0
-        window.step_done()
         bar.update(1)
 
         step = state.global_step

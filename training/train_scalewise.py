@@ -33,7 +33,7 @@ from st_ar_hf.training.data import (
 )
 from st_ar_hf.training.loop import (
     LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
-    make_optimizer, nonfinite_terms, skip_step,
+    make_optimizer, skip_step,
 )
 from st_ar_hf.training.sar import ScaleWiseObjective, encode_scales, flexvar_schedule
 from st_ar_hf.training.tracking import finish_run, log_metrics
@@ -167,7 +167,6 @@ def main(args: ScaleWiseTrainingArguments, end_training: bool = True) -> None:
     window = LogWindow(args.gradient_accumulation_steps)
     bar = tqdm(total=args.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
     while state.global_step < args.max_train_steps:
-        bad_terms = None
         for _ in range(args.gradient_accumulation_steps):
             batch = next(batches)
             pixels, labels = batch["pixel_values"].to(accelerator.device), batch["label"].to(accelerator.device)
@@ -176,12 +175,9 @@ def main(args: ScaleWiseTrainingArguments, end_training: bool = True) -> None:
                 maps = encode_scales(vqvae, config.model_type, pixels, scales)
             with accelerator.accumulate(model), accelerator.autocast():
                 terms = objective(model, vqvae, maps, labels)
-                bad_terms = nonfinite_terms(terms, accelerator) or bad_terms
-                if bad_terms is not None:  # every process skips the step together
-                    continue
-                accelerator.backward(terms["loss"])
+                accelerator.backward(terms["loss"])  # a non-finite micro-batch's gradients are dropped below
             window.add(terms, pixels.shape[0])
-        if bad_terms is not None:
+        if (bad_terms := window.end_step(accelerator)) is not None:
             skip_step(state, optimizer, bad_terms, args.max_nonfinite_steps)
             continue
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -190,7 +186,6 @@ def main(args: ScaleWiseTrainingArguments, end_training: bool = True) -> None:
         optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
         state.nonfinite_in_a_row = 0
-        window.step_done()
         bar.update(1)
 
         step = state.global_step

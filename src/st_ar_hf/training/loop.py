@@ -86,23 +86,37 @@ def is_due(step: int, every: int | None, last_step: int) -> bool:
 
 
 class LogWindow:
-    """The loss terms and images since the last log: `add` after each micro-batch, `logs` at a log step."""
+    """The loss terms and images since the last log: `add` after each micro-batch, `end_step` once per optimizer
+    step (its one host sync), `logs` at a log step."""
 
     def __init__(self, accumulation_steps: int):
         self.accumulation_steps = accumulation_steps
+        self.step_terms, self.step_images = {}, 0
         self.reset()
 
     def reset(self) -> None:
         self.totals, self.images, self.steps, self.start = {}, 0, 0, time.perf_counter()
 
     def add(self, terms: dict[str, torch.Tensor], images: int) -> None:
-        """One micro-batch's terms (summed as the mean over the step's micro-batches) and its images."""
+        """One micro-batch's terms (summed as the mean over the step's micro-batches, on the device) and its images."""
         for name, value in terms.items():
-            self.totals[name] = self.totals.get(name, 0.0) + value.detach().float() / self.accumulation_steps
-        self.images += images
+            self.step_terms[name] = self.step_terms.get(name, 0.0) + value.detach().float() / self.accumulation_steps
+        self.step_images += images
 
-    def step_done(self) -> None:
-        self.steps += 1
+    def end_step(self, accelerator) -> list[str] | None:
+        """Closes the step's micro-batches: the names of the terms that were not finite in one of them on any process
+        (every process gets the same answer, so all skip the step together), or None, and then the step's terms join
+        the window."""
+        names = list(self.step_terms)
+        finite = accelerator.reduce(torch.stack([self.step_terms[name].isfinite() for name in names]).float(), "sum")
+        bad_terms = [name for name, ok in zip(names, finite.tolist()) if ok < accelerator.num_processes] or None
+        if bad_terms is None:
+            for name in names:
+                self.totals[name] = self.totals.get(name, 0.0) + self.step_terms[name]
+            self.images += self.step_images
+            self.steps += 1
+        self.step_terms, self.step_images = {}, 0
+        return bad_terms
 
     def logs(self, accelerator) -> dict[str, float]:
         """`loss/<term>` means over the window's optimizer steps and all processes, and the global images/s."""
