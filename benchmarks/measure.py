@@ -48,7 +48,7 @@ def matmul_peak_flops(dtype, device="cpu", n=2048) -> float:
 def memory_bandwidth(device="cpu", num_bytes=1 << 30) -> float:
     """Bytes per second of one read-only pass (a sum) over `num_bytes`. The steps these benchmarks bound read their
     weights and caches and write next to nothing, so a read, not a copy, is the rate their floor is held to (on the
-    2-core CPU a copy counted as read + write measures about 15% less)."""
+    2-core CPU a copy counted as read + write measures 12-18% less)."""
     source = torch.ones(num_bytes // 4, device=device)
     return num_bytes / timed(lambda: source.sum(), repeats=5)
 

@@ -107,12 +107,10 @@ class LogWindow:
         """Closes the step's micro-batches: the names of the terms that were not finite in one of them on any process
         (every process gets the same answer, so all skip the step together), or None, and then the step's terms join
         the window."""
-        names = list(self.step_terms)
-        finite = accelerator.reduce(torch.stack([self.step_terms[name].isfinite() for name in names]).float(), "sum")
-        bad_terms = [name for name, ok in zip(names, finite.tolist()) if ok < accelerator.num_processes] or None
+        bad_terms = nonfinite_terms(self.step_terms, accelerator)
         if bad_terms is None:
-            for name in names:
-                self.totals[name] = self.totals.get(name, 0.0) + self.step_terms[name]
+            for name, value in self.step_terms.items():
+                self.totals[name] = self.totals.get(name, 0.0) + value
             self.images += self.step_images
             self.steps += 1
         self.step_terms, self.step_images = {}, 0

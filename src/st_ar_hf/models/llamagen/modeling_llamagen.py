@@ -73,9 +73,9 @@ class LlamaGenLinear(nn.Linear):
     For `x @ W^T` with 2 to 64 rows, MKL's fp32 GEMM runs its small-M path at a quarter to a half of the memory
     bandwidth; with the weight as the left operand it streams the weight and runs 1.2-3x faster, the same product up
     to rounding (measured per shape on a 2-core EPYC, torch 2.13; README, Performance). The rows must reach MKL as
-    the transpose of a contiguous [rows, in] matrix: the same numbers laid out as a contiguous [in, rows] (what the
-    transposed output of the layer before gives) take a path 2-3x slower, so `x` is made contiguous first (a copy
-    of a few rows). bf16 gains nothing and keeps `F.linear`.
+    the transpose of a contiguous [rows, in] matrix: the same numbers laid out as a contiguous [in, rows] take a path
+    2-3x slower. So the input is made contiguous and the output is returned contiguous (as `F.linear`'s), copies of
+    a few rows. bf16 gains nothing and keeps `F.linear`.
     """
 
     max_weight_major_rows = 64
@@ -87,14 +87,15 @@ class LlamaGenLinear(nn.Linear):
         rows = x.numel() // x.shape[-1]
         if x.device.type != "cpu" or x.dtype != torch.float32 or rows > self.max_weight_major_rows:
             return super().forward(x)
-        return (self.weight @ x.reshape(rows, -1).contiguous().T).T.reshape(*x.shape[:-1], -1)
+        out = self.weight @ x.reshape(rows, -1).contiguous().T  # [out, rows]
+        return out.T.contiguous().view(*x.shape[:-1], -1)
 
 
 def apply_rotary_emb(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """x [B, T, H, D]; pair (2i, 2i+1) of each head, read as the complex number x_2i + j x_2i+1, is multiplied by
     rotation [T, D/2] (complex64, cos + j sin of its angle); computed in fp32. One complex product: the same
     x_2i cos - x_2i+1 sin, x_2i+1 cos + x_2i sin as the real form, in fewer kernels."""
-    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
     return torch.view_as_real(pairs * rotation[:, None, :]).flatten(-2).type_as(x)
 
 

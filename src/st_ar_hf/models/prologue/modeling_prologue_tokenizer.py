@@ -138,7 +138,8 @@ class PrologueGridQueriesRotary(PrologueRotaryEmbedding):
 class PrologueLinear(nn.Linear):
     """`nn.Linear` that multiplies weight-major, `(W @ x^T)^T`, for the few rows of a decoding step (one position per
     sequence) in fp32 on the CPU, where MKL's small-M GEMM path is 1.2-3x slower (after `LlamaGenLinear`,
-    llamagen/modeling_llamagen.py, which measures it; copied to keep this folder self-contained). Other inputs take
+    llamagen/modeling_llamagen.py, which measures it and the layouts MKL needs; copied to keep this folder
+    self-contained). Other inputs take
     `F.linear`, so full forwards round as the original's do."""
 
     max_weight_major_rows = 64
@@ -148,8 +149,8 @@ class PrologueLinear(nn.Linear):
         if (x.device.type != "cpu" or x.dtype != torch.float32 or rows > self.max_weight_major_rows
                 or x.ndim < 2 or x.shape[-2] != 1):
             return super().forward(x)
-        out = (self.weight @ x.reshape(rows, -1).contiguous().T).T
-        return (out if self.bias is None else out + self.bias).reshape(*x.shape[:-1], -1)
+        out = (self.weight @ x.reshape(rows, -1).contiguous().T).T.contiguous()  # contiguous in and out, as there
+        return (out if self.bias is None else out + self.bias).view(*x.shape[:-1], -1)
 
 
 class PrologueAttention(nn.Module):
