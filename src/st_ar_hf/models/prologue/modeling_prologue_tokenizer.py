@@ -139,8 +139,7 @@ class PrologueLinear(nn.Linear):
     """`nn.Linear` that multiplies weight-major, `(W @ x^T)^T`, for the few rows of a decoding step (one position per
     sequence) in fp32 on the CPU, where MKL's small-M GEMM path is 1.2-3x slower (after `LlamaGenLinear`,
     llamagen/modeling_llamagen.py, which measures it and the layouts MKL needs; copied to keep this folder
-    self-contained). Other inputs take
-    `F.linear`, so full forwards round as the original's do."""
+    self-contained). Other inputs take `F.linear`, so full forwards round as the original's do."""
 
     max_weight_major_rows = 64
 
