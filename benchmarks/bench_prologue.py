@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from measure import decoding_step_floor, interleaved_best, matmul_peak_flops, memory_bandwidth
 
 from st_ar_hf import (LlamaGenConfig, LlamaGenForImageGeneration, PrologueConfig, PrologueForImageGeneration,
-                      PrologueTokenizerConfig)
+                      PrologueVQVAEConfig)
 from st_ar_hf.models.prologue.convert_prologue import convert_prologue
 from st_ar_hf.pipelines import decoding_llamagen, decoding_prologue
 from st_ar_hf.pipelines.sampling import exponential_noise, sample
@@ -81,7 +81,7 @@ def build_original(checkout):
     # the per-step mask train_ar.py installs from its quantisers' all-zero position masks (prologue codes, EOS, visual)
     original.set_logit_mask(build_ar_logit_mask(torch.zeros(config.x_len, visual), torch.zeros(config.z_len, prologue),
                                                 visual, prologue))
-    return original, PrologueTokenizerConfig(image_size=config.image_size, patch_size=config.patch_size,
+    return original, PrologueVQVAEConfig(image_size=config.image_size, patch_size=config.patch_size,
                                              num_prologue_tokens=config.z_len, codebook_size=visual,
                                              prologue_codebook_size=prologue)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from measure import interleaved_best, matmul_peak_flops
 
-from st_ar_hf import PrologueTokenizer, PrologueTokenizerConfig
+from st_ar_hf import PrologueVQVAE, PrologueVQVAEConfig
 from st_ar_hf.training.prologue import ProloguePriorObjective, build_prior
 
 
@@ -33,15 +33,15 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.tiny:
-        config = PrologueTokenizerConfig(image_size=24, patch_size=4, hidden_size=128, num_encoder_layers=2,
+        config = PrologueVQVAEConfig(image_size=24, patch_size=4, hidden_size=128, num_encoder_layers=2,
                                          num_encoder_heads=2, decoder_hidden_size=128, num_decoder_layers=2,
                                          num_decoder_heads=2, num_prologue_tokens=4, codebook_size=128,
                                          prologue_codebook_size=64, codebook_embed_dim=8)
         prior_shape = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
     else:
-        config, prior_shape = PrologueTokenizerConfig.from_preset("prologue-b"), {"num_hidden_layers": 7}
+        config, prior_shape = PrologueVQVAEConfig.from_preset("prologue-b"), {"num_hidden_layers": 7}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = PrologueTokenizer(config).train().to(device)
+    tokenizer = PrologueVQVAE(config).train().to(device)
     prior = build_prior(config, "S", prior_shape).train().to(device)
     objective = ProloguePriorObjective()
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=1e-4, betas=(0.0, 0.99))

@@ -85,7 +85,7 @@ class STARPipeline(DiffusionPipeline):
         transformer: a `LlamaGenForImageGeneration`, `VARForImageGeneration`, `FlexVARForImageGeneration` or
             `PrologueForImageGeneration`.
         vqvae: its tokenizer, whose codebook is the transformer's vocabulary: a `LlamaGenVQVAE` (LlamaGen, FlexVAR),
-            a `VARVQVAE` (VAR) or a `PrologueTokenizer` (Prologue).
+            a `VARVQVAE` (VAR) or a `PrologueVQVAE` (Prologue).
         id2label: class id (int, or str as in JSON) -> name(s), comma-separated synonyms allowed; the ImageNet-1k
             names by default.
     """

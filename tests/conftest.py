@@ -9,7 +9,7 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 from st_ar_hf import (  # noqa: E402
     FlexVARConfig, FlexVARForImageGeneration, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE,
-    LlamaGenVQVAEConfig, PrologueConfig, PrologueForImageGeneration, PrologueTokenizer, PrologueTokenizerConfig,
+    LlamaGenVQVAEConfig, PrologueConfig, PrologueForImageGeneration, PrologueVQVAE, PrologueVQVAEConfig,
     VARConfig, VARForImageGeneration, VARVQVAE, VARVQVAEConfig,
 )
 
@@ -96,12 +96,12 @@ def tiny_flexvae() -> LlamaGenVQVAE:
     return LlamaGenVQVAE(tiny_vq_config(codebook_embed_dim=8)).eval()
 
 
-def tiny_prologue_tokenizer_config(**overrides) -> PrologueTokenizerConfig:
+def tiny_prologue_tokenizer_config(**overrides) -> PrologueVQVAEConfig:
     """32 px images in 8 px patches (a 4x4 grid), 4 prologue tokens, two heads of 32 dims."""
     kwargs = dict(image_size=32, patch_size=8, hidden_size=64, num_encoder_layers=2, num_encoder_heads=2,
                   decoder_hidden_size=64, num_decoder_layers=2, num_decoder_heads=2, num_prologue_tokens=4,
                   codebook_size=64, prologue_codebook_size=16, rope_axes_dim=[10, 10, 12])
-    return PrologueTokenizerConfig(**{**kwargs, **overrides})
+    return PrologueVQVAEConfig(**{**kwargs, **overrides})
 
 
 def tiny_prologue_config(**overrides) -> PrologueConfig:
@@ -111,8 +111,8 @@ def tiny_prologue_config(**overrides) -> PrologueConfig:
 
 
 @pytest.fixture
-def tiny_prologue_tokenizer() -> PrologueTokenizer:
-    return informative(PrologueTokenizer(tiny_prologue_tokenizer_config()))
+def tiny_prologue_tokenizer() -> PrologueVQVAE:
+    return informative(PrologueVQVAE(tiny_prologue_tokenizer_config()))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from st_ar_hf import PrologueConfig, PrologueForImageGeneration, PrologueTokenizer, STARPipeline
+from st_ar_hf import PrologueConfig, PrologueForImageGeneration, PrologueVQVAE, STARPipeline
 from st_ar_hf.cli import main as cli_main
 from st_ar_hf.models.prologue.convert_prologue import convert_prologue, convert_prologue_tokenizer, paper_sampling
 from st_ar_hf.models.prologue.modeling_prologue import logit_mask
@@ -76,7 +76,7 @@ def test_tokenizer_codes_and_the_straight_through_prologue(tiny_prologue_tokeniz
 
 
 def test_a_2d_tokenizer_has_no_prologue():
-    tokenizer = PrologueTokenizer(tiny_prologue_tokenizer_config(num_prologue_tokens=0)).eval()
+    tokenizer = PrologueVQVAE(tiny_prologue_tokenizer_config(num_prologue_tokens=0)).eval()
     encoded = tokenizer.encode(torch.zeros(1, 3, 32, 32))
     assert encoded.prologue_indices is None and encoded.hidden_states.shape == (1, 16, 64)
     assert tokenizer.prologue_quantizer is None and tokenizer.encoder.prologue_queries is None
@@ -199,10 +199,10 @@ def test_convert_folders_and_reload(tmp_path):
 
 
 def test_paper_sampling_settings_follow_tokenizer_and_size():
-    from st_ar_hf import PrologueTokenizerConfig
+    from st_ar_hf import PrologueVQVAEConfig
 
-    b, large, flat = (PrologueTokenizerConfig.from_preset("prologue-b"), PrologueTokenizerConfig.from_preset("prologue-l"),
-                      PrologueTokenizerConfig(num_prologue_tokens=0))
+    b, large, flat = (PrologueVQVAEConfig.from_preset("prologue-b"), PrologueVQVAEConfig.from_preset("prologue-l"),
+                      PrologueVQVAEConfig(num_prologue_tokens=0))
     assert paper_sampling(b, 768)["default_guidance_scale"] == (0.7, 3.75, 0.2)
     assert paper_sampling(large, 1280) == {"default_guidance_scale": (0.7, 2.25, 0.225),
                                            "no_guidance_temperature": (1.0, 0.9)}
@@ -249,7 +249,7 @@ def without_post(encoder, decoder):
 def test_initialisation_and_prologue_post_from_a_2d_tokenizer(tmp_path):
     """SimVQ codebooks and the near-zero output layer (leaves that transformers' init reaches only by identity), and
     a Prologue-Post tokenizer made from a trained 2D folder: the visual path loaded, the prologue path initialised."""
-    flat = PrologueTokenizer(tiny_prologue_tokenizer_config(num_prologue_tokens=0))
+    flat = PrologueVQVAE(tiny_prologue_tokenizer_config(num_prologue_tokens=0))
     simvq_std = flat.config.codebook_embed_dim**-0.5
     assert 0.8 < flat.quantizer.embedding.weight.std() / simvq_std < 1.2
     assert flat.decoder.to_patches.weight.abs().max() < 1e-5
@@ -294,7 +294,7 @@ def test_cli_converts_folders_into_a_pipeline_and_samples(tmp_path, capsys):
     assert cli_main(["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--tokenizer",
                      str(tmp_path / "converted-tok"), "--output", str(tmp_path / "pipe")]) == 0
     assert "a STARPipeline of PrologueForImageGeneration" in capsys.readouterr().out
-    assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["vqvae"][1] == "PrologueTokenizer"
+    assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["vqvae"][1] == "PrologueVQVAE"
     sample = ["sample", "--model", str(tmp_path / "pipe"), "--labels", "3", "--num-images-per-label", "2"]
     assert cli_main(sample + ["--guidance-scale", "0.7", "3.0", "0.2", "--out", str(tmp_path / "grid.png")]) == 0
     assert PIL.Image.open(tmp_path / "grid.png").size == (64, 32)
@@ -401,7 +401,7 @@ def test_other_families_refuse_prologue_arguments(tiny_gpt, tiny_vq):
 
 
 def test_a_tokenizer_of_another_layout_is_refused(tiny_prologue):
-    other = PrologueTokenizer(tiny_prologue_tokenizer_config(num_prologue_tokens=8))
+    other = PrologueVQVAE(tiny_prologue_tokenizer_config(num_prologue_tokens=8))
     with pytest.raises(ValueError, match=r"do not match the transformer's vocabulary layout \(64, 16, 4, 16\)"):
         STARPipeline(tiny_prologue, other)([1])
 

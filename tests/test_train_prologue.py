@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 from transformers import AutoModel
 
-from st_ar_hf import PrologueForImageGeneration, PrologueTokenizer, STARPipeline
+from st_ar_hf import PrologueForImageGeneration, PrologueVQVAE, STARPipeline
 from st_ar_hf.training.arguments import TokenizerTrainingArguments
 from st_ar_hf.training.data import write_embedded_dataset
 from st_ar_hf.training.prologue import ProloguePriorObjective, build_prior, drop_visual_inputs, prior_sequence
@@ -44,7 +44,7 @@ def test_prior_sequence_and_visual_dropout():
 
 def test_encoder_terms_reach_the_one_hot_and_not_the_prior():
     torch.manual_seed(0)
-    tokenizer = PrologueTokenizer(tiny_prologue_tokenizer_config()).train()
+    tokenizer = PrologueVQVAE(tiny_prologue_tokenizer_config()).train()
     prior = build_prior(tokenizer.config, "S", PRIOR).train()
     encoded = tokenizer.encode(torch.rand(3, 3, 32, 32) * 2 - 1)
     objective = ProloguePriorObjective(prologue_weight=3.0, visual_weight=2.0, visual_dropout=0.0)
@@ -152,7 +152,7 @@ def test_joint_tokenizer_trains_its_prior_and_logs_the_prologue(phase1):
         assert name in last, name
     assert last["loss/reconstruction"] < metrics[0]["loss/reconstruction"]
     assert last["loss/prior"] < metrics[0]["loss/prior"]  # the prior learns the codes
-    tokenizer = PrologueTokenizer.from_pretrained(phase1 / "tokenizer" / "vqvae")
+    tokenizer = PrologueVQVAE.from_pretrained(phase1 / "tokenizer" / "vqvae")
     prior = PrologueForImageGeneration.from_pretrained(phase1 / "tokenizer" / "prior")
     assert prior.config.vocab_size == 32 + 16 + 1 and tokenizer.config.num_prologue_tokens == 2
     assert "Prologue image tokenizer" in (phase1 / "tokenizer" / "vqvae" / "README.md").read_text()
@@ -195,8 +195,8 @@ def test_prologue_ar_trains_on_the_codes_and_exports_a_pipeline(phase1, mnist):
 
 def test_codes_of_another_tokenizer_are_refused(phase1, mnist, tmp_path):
     """2D codes (16 tokens) given with a Prologue tokenizer (whose AR models 19) fail before training."""
-    tokenizer = PrologueTokenizer.from_pretrained(phase1 / "tokenizer" / "vqvae")
-    flat = PrologueTokenizer(type(tokenizer.config)(**{**TOKENIZER, "num_prologue_tokens": 0}))
+    tokenizer = PrologueVQVAE.from_pretrained(phase1 / "tokenizer" / "vqvae")
+    flat = PrologueVQVAE(type(tokenizer.config)(**{**TOKENIZER, "num_prologue_tokens": 0}))
     flat.save_pretrained(tmp_path / "flat")
     codes = subprocess.run([sys.executable, str(ROOT / "training" / "extract_codes.py"), "--embedded_dataset_dir",
                             str(mnist), "--vqvae", str(tmp_path / "flat"), "--image_size", "16", "--output_dir",
@@ -217,7 +217,7 @@ def test_codes_of_another_tokenizer_are_refused(phase1, mnist, tmp_path):
 def test_prologue_post_trains_only_its_prologue_path(mnist, tmp_path):
     """Prologue-Post's stage: from a 2D tokenizer folder, a prologue encoder learns by the prior's CE alone; the visual
     path (patch encoder, visual quantiser, decoder) leaves the run unchanged."""
-    flat = PrologueTokenizer(PrologueTokenizer.config_class(**{**TOKENIZER, "num_prologue_tokens": 0}))
+    flat = PrologueVQVAE(PrologueVQVAE.config_class(**{**TOKENIZER, "num_prologue_tokens": 0}))
     flat.save_pretrained(tmp_path / "2d")
     post = {"num_prologue_tokens": 2, "prologue_codebook_size": 16, "prologue_encoder_layers": 1,
             "prologue_encoder_hidden_size": 64, "prologue_encoder_heads": 1}
@@ -232,7 +232,7 @@ def test_prologue_post_trains_only_its_prologue_path(mnist, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "post" / "metrics.jsonl").read_text().splitlines()]
     assert "loss/reconstruction" not in metrics[-1] and "loss/discriminator" not in metrics[-1]
     assert metrics[-1]["loss/prior"] < metrics[0]["loss/prior"]
-    trained = PrologueTokenizer.from_pretrained(tmp_path / "post" / "vqvae")
+    trained = PrologueVQVAE.from_pretrained(tmp_path / "post" / "vqvae")
     assert trained.config.prologue_encoder_layers == 1
     after = trained.state_dict()
     assert all(torch.equal(value, after[key]) for key, value in flat.state_dict().items())
@@ -243,7 +243,7 @@ def test_prologue_post_trains_only_its_prologue_path(mnist, tmp_path):
 def test_one_hot_gradient_sign_lowers_the_prior_loss():
     """A step along the one-hot's gradient lowers the prior's CE (what sub-step A does to the encoder)."""
     torch.manual_seed(0)
-    tokenizer = PrologueTokenizer(tiny_prologue_tokenizer_config()).eval()
+    tokenizer = PrologueVQVAE(tiny_prologue_tokenizer_config()).eval()
     prior = build_prior(tokenizer.config, "S", PRIOR).eval()
     encoded = tokenizer.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
     one_hot = F.one_hot(encoded.prologue_indices, 16).float().requires_grad_()

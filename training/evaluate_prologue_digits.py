@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from evaluate_digits import load_split
 
-from st_ar_hf import PrologueTokenizer, STARPipeline
+from st_ar_hf import PrologueVQVAE, STARPipeline
 from st_ar_hf.evaluation import compute_features, feature_network
 from st_ar_hf.metrics import frechet_distance, gaussian_statistics, psnr, ssim
 from st_ar_hf.training.tracking import make_grid
@@ -35,7 +35,7 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode(tokenizer: PrologueTokenizer, images: np.ndarray, batch_size: int = 250):
+def encode(tokenizer: PrologueVQVAE, images: np.ndarray, batch_size: int = 250):
     """(visual codes [N, h*w], prologue codes [N, P] or None, reconstructions uint8 [N, S, S, 3])."""
     visual, prologue, reconstructions = [], [], []
     for batch in to_pixels(images).split(batch_size):
@@ -93,10 +93,10 @@ def main() -> None:
     parser.add_argument("--pipeline", help="a Prologue STARPipeline: also write the resample grid beside --out")
     parser.add_argument("--out", type=Path, required=True, help="JSON results")
     args = parser.parse_args()
-    tokenizers = {"prologue": PrologueTokenizer.from_pretrained(args.prologue).eval(),
-                  "2d": PrologueTokenizer.from_pretrained(args.baseline).eval()}
+    tokenizers = {"prologue": PrologueVQVAE.from_pretrained(args.prologue).eval(),
+                  "2d": PrologueVQVAE.from_pretrained(args.baseline).eval()}
     if args.post:
-        tokenizers["post"] = PrologueTokenizer.from_pretrained(args.post).eval()
+        tokenizers["post"] = PrologueVQVAE.from_pretrained(args.post).eval()
     size = tokenizers["prologue"].config.image_size
     train_images, train_labels = load_split(args.embedded_dataset_dir, "train", size)
     test_images, test_labels = load_split(args.embedded_dataset_dir, "test", size)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a VQ tokenizer with Accelerate over `datasets` streaming shards: LlamaGen's `LlamaGenVQVAE` (also FlexVAR's
 tokenizer, which quantises each scale's area-downsampled latent with it), VAR's multi-scale residual `VARVQVAE`, or
-Prologue's `PrologueTokenizer` with its joint AR prior (phase 1; `st_ar_hf.training.prologue`).
+Prologue's `PrologueVQVAE` with its joint AR prior (phase 1; `st_ar_hf.training.prologue`).
 
     accelerate launch training/train_tokenizer.py --config training/configs/tokenizer_default.yaml
     accelerate launch training/train_tokenizer.py --config training/configs/vq16.yaml --dataset ILSVRC/imagenet-1k \
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel
 
 from st_ar_hf import (
-    LlamaGenVQVAE, LlamaGenVQVAEConfig, PrologueTokenizer, PrologueTokenizerConfig, VARVQVAE, VARVQVAEConfig,
+    LlamaGenVQVAE, LlamaGenVQVAEConfig, PrologueVQVAE, PrologueVQVAEConfig, VARVQVAE, VARVQVAEConfig,
 )
 from st_ar_hf.models.llamagen import LLAMAGEN_VQ_PRESETS
 from st_ar_hf.models.prologue import PROLOGUE_TOKENIZER_PRESETS
@@ -80,7 +80,7 @@ def build_model(args: TokenizerTrainingArguments):
     if args.model == "var-vqvae":
         return VARVQVAE(VARVQVAEConfig(**(args.model_config or {})))
     if args.model in PROLOGUE_TOKENIZER_PRESETS:
-        return PrologueTokenizer(PrologueTokenizerConfig.from_preset(args.model, **(args.model_config or {})))
+        return PrologueVQVAE(PrologueVQVAEConfig.from_preset(args.model, **(args.model_config or {})))
     return AutoModel.from_pretrained(args.model, **(args.model_config or {}))
 
 

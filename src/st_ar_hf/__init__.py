@@ -1,14 +1,16 @@
 """st-ar-hf: autoregressive image generation (LlamaGen and Prologue token by token; VAR and FlexVAR scale by scale)
 and ST-AR's self-guided training, on the Hugging Face stack."""
 
+import warnings
+
 from transformers import AutoConfig, AutoModel
 
 from .models.llamagen import (
     LLAMAGEN_PRESETS, LLAMAGEN_VQ_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenVQVAE, LlamaGenVQVAEConfig,
 )
 from .models.prologue import (
-    PROLOGUE_PRESETS, PROLOGUE_TOKENIZER_PRESETS, PrologueConfig, PrologueForImageGeneration, PrologueTokenizer,
-    PrologueTokenizerConfig,
+    PROLOGUE_PRESETS, PROLOGUE_TOKENIZER_PRESETS, PrologueConfig, PrologueForImageGeneration, PrologueVQVAE,
+    PrologueVQVAEConfig,
 )
 from .models.var import (
     FLEXVAR_PRESETS, VAR_PRESETS, FlexVARConfig, FlexVARForImageGeneration, VARConfig, VARForImageGeneration, VARVQVAE,
@@ -25,13 +27,23 @@ for _config, _model in (
     (FlexVARConfig, FlexVARForImageGeneration),
     (VARVQVAEConfig, VARVQVAE),
     (PrologueConfig, PrologueForImageGeneration),
-    (PrologueTokenizerConfig, PrologueTokenizer),
+    (PrologueVQVAEConfig, PrologueVQVAE),
 ):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     # saved directories carry their code and an `auto_map`, so they load with trust_remote_code=True anywhere
     _config.register_for_auto_class()
     _model.register_for_auto_class("AutoModel")
+
+DEPRECATED_NAMES = {"PrologueTokenizer": "PrologueVQVAE", "PrologueTokenizerConfig": "PrologueVQVAEConfig"}
+
+
+def __getattr__(name: str):
+    if name in DEPRECATED_NAMES:
+        warnings.warn(f"{name} is deprecated: use {DEPRECATED_NAMES[name]}", FutureWarning, stacklevel=2)
+        return globals()[DEPRECATED_NAMES[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FLEXVAR_PRESETS",
@@ -48,8 +60,8 @@ __all__ = [
     "LlamaGenVQVAEConfig",
     "PrologueConfig",
     "PrologueForImageGeneration",
-    "PrologueTokenizer",
-    "PrologueTokenizerConfig",
+    "PrologueVQVAE",
+    "PrologueVQVAEConfig",
     "STARPipeline",
     "STARPipelineOutput",
     "VARConfig",

@@ -443,7 +443,7 @@ class TokenizerTrainingArguments(RunArguments):
                 "VQVAE), a Prologue preset (prologue-b, prologue-l; num_prologue_tokens 0 in --model_config is the "
                 "2D tokenizer) or a pretrained tokenizer folder"})
     model_config: dict | None = field(default=None, metadata={
-        "help": "LlamaGenVQVAEConfig / VARVQVAEConfig / PrologueTokenizerConfig overrides, as JSON"})
+        "help": "LlamaGenVQVAEConfig / VARVQVAEConfig / PrologueVQVAEConfig overrides, as JSON"})
     reconstruction_loss: str = field(default="l2", metadata={"help": "l2 (LlamaGen), l1, or l1+l2 (Prologue)"})
     reconstruction_weight: float = 1.0
     min_crop_fraction: float = field(default=0.8, metadata={"help": "random crops cover this to 1.0 of the short side"})
@@ -553,7 +553,7 @@ class TokenizerTrainingArguments(RunArguments):
 class ExtractCodesArguments(HubArguments, DataArguments):
     """LlamaGen's pre-tokenisation: the ten crops (or centre crop and its flip) of every image, encoded by a VQ."""
 
-    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE or PrologueTokenizer folder or Hub id "
+    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE or PrologueVQVAE folder or Hub id "
                                                              "(required); a Prologue tokenizer writes AR sequences "
                                                              "[prologue] [EOS] [visual]"})
     output_dir: str = "codes"

@@ -52,7 +52,7 @@ def _check_rope_axes(name, axes, head_dim):
         raise ValueError(f"{name} must be 3 even sizes summing to the head dim {head_dim}, got {list(axes)}")
 
 
-class PrologueTokenizerConfig(PreTrainedConfig):
+class PrologueVQVAEConfig(PreTrainedConfig):
     r"""Prologue's ViT tokenizer: a bidirectional encoder over `patch_size` patches with `num_prologue_tokens` learnable
     queries appended, two cosine-similarity quantisers (visual codes, decoded to pixels; prologue codes, never
     decoded) and a decoder of the visual codes. Blocks: pre-norm (RMS as `F.normalize * sqrt(d)`), QK-norm, GEGLU, a
@@ -152,7 +152,7 @@ class PrologueTokenizerConfig(PreTrainedConfig):
         return self.prologue_encoder_layers > 0
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs) -> "PrologueTokenizerConfig":
+    def from_preset(cls, name: str, **kwargs) -> "PrologueVQVAEConfig":
         """`name` is one of `PROLOGUE_TOKENIZER_PRESETS` ("prologue-b", "prologue-l")."""
         if name not in PROLOGUE_TOKENIZER_PRESETS:
             raise ValueError(f"name must be one of {sorted(PROLOGUE_TOKENIZER_PRESETS)}, got {name!r}")
@@ -289,4 +289,4 @@ class PrologueConfig(PreTrainedConfig):
 
 
 __all__ = ["PROLOGUE_PRESETS", "PROLOGUE_SAMPLING", "PROLOGUE_TOKENIZER_PRESETS", "PrologueConfig",
-           "PrologueTokenizerConfig"]
+           "PrologueVQVAEConfig"]

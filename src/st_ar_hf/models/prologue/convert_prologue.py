@@ -1,5 +1,5 @@
 """Convert Prologue's released checkpoint folders (Zyriix/prologue on the Hub: `accelerator.save_state` folders of
-safetensors) into `PrologueTokenizer` / `PrologueForImageGeneration` directories.
+safetensors) into `PrologueVQVAE` / `PrologueForImageGeneration` directories.
 
 Folder layouts of the official trainers: a tokenizer folder holds `model.safetensors` (encoder and quantisers),
 `model_1` (decoder), `model_2` / `model_3` (their EMA); an AR folder `model.safetensors` (the AR) and `model_1` (its
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ..conversion import count_indexed, load_strict, require, save_converted
-from .configuration_prologue import PROLOGUE_PRESETS, PROLOGUE_SAMPLING, PrologueConfig, PrologueTokenizerConfig
+from .configuration_prologue import PROLOGUE_PRESETS, PROLOGUE_SAMPLING, PrologueConfig, PrologueVQVAEConfig
 from .modeling_prologue import PrologueForImageGeneration
-from .modeling_prologue_tokenizer import PrologueTokenizer
+from .modeling_prologue_tokenizer import PrologueVQVAE
 
 # buffers of the originals that carry no weights: the quantisers' all-zero position masks, the AR's null-class one-hot
 _BUFFERS = ("quantizer.pos_select_mask", "semantic_quantizer.pos_select_mask", "uncond_ar_labels", "logit_mask",
@@ -117,8 +117,8 @@ def _heads(keys: _Keys, source: str, width: int) -> int:
     return width // require(keys.state_dict, f"{source}.layers.0.attn1.q_norm.weight", keys.kind).shape[0]
 
 
-def convert_prologue_tokenizer(checkpoint, ema: bool = True, output_dir=None, **overrides) -> PrologueTokenizer:
-    """A Prologue / 2D tokenizer folder (or a pair of state dicts (encoder, decoder)) -> `PrologueTokenizer`.
+def convert_prologue_tokenizer(checkpoint, ema: bool = True, output_dir=None, **overrides) -> PrologueVQVAE:
+    """A Prologue / 2D tokenizer folder (or a pair of state dicts (encoder, decoder)) -> `PrologueVQVAE`.
 
     Args:
         ema: the EMA weights (`model_2` / `model_3`, what the official evaluation decodes with) or the raw ones.
@@ -154,7 +154,7 @@ def convert_prologue_tokenizer(checkpoint, ema: bool = True, output_dir=None, **
     decoder_width = require(decoder_state, "dec.input_layer.weight", kind).shape[0]
     in_channels = overrides.pop("in_channels", 3)
     patch_size = math.isqrt(patch_dim // in_channels)
-    config = PrologueTokenizerConfig(**{
+    config = PrologueVQVAEConfig(**{
         **dict(
             image_size=math.isqrt(num_patches) * patch_size, patch_size=patch_size, in_channels=in_channels,
             hidden_size=width, num_encoder_layers=count_indexed(encoder_state, r"enc\.layers\.(\d+)\."),
@@ -193,14 +193,14 @@ def convert_prologue_tokenizer(checkpoint, ema: bool = True, output_dir=None, **
     }
     enc.finish()
     dec.finish()
-    model = PrologueTokenizer(config)
+    model = PrologueVQVAE(config)
     load_strict(model, state)
     if output_dir is not None:
         save_converted(model, output_dir, checkpoint if not isinstance(checkpoint, tuple) else None, "prologue-tokenizer")
     return model.eval()
 
 
-def paper_sampling(tokenizer: PrologueTokenizerConfig, hidden_size: int) -> dict:
+def paper_sampling(tokenizer: PrologueVQVAEConfig, hidden_size: int) -> dict:
     """The paper's guidance and no-guidance temperatures for this tokenizer and AR width (methods.md §B.4): split CFG
     for Prologue models, the 2D baseline's cosine ramp (`oc:10:1.5`, temperature 0.85) without prologue tokens;
     an empty dict (config defaults) for pairs the paper does not report."""
@@ -214,7 +214,7 @@ def paper_sampling(tokenizer: PrologueTokenizerConfig, hidden_size: int) -> dict
     return {"default_guidance_scale": guidance, "no_guidance_temperature": temperatures}
 
 
-def convert_prologue(checkpoint, tokenizer: PrologueTokenizer | PrologueTokenizerConfig, ema: bool = False,
+def convert_prologue(checkpoint, tokenizer: PrologueVQVAE | PrologueVQVAEConfig, ema: bool = False,
                      output_dir=None, **overrides) -> PrologueForImageGeneration:
     """A Prologue AR folder (or its state dict) -> `PrologueForImageGeneration` for `tokenizer`, whose codebooks
     set the vocabulary layout.
@@ -224,8 +224,8 @@ def convert_prologue(checkpoint, tokenizer: PrologueTokenizer | PrologueTokenize
         overrides: config fields the weights cannot tell (`rotary_dim`, `rope_theta`, dropouts, sampling defaults).
     """
     tokenizer = getattr(tokenizer, "config", tokenizer)
-    if not isinstance(tokenizer, PrologueTokenizerConfig):
-        raise ValueError(f"tokenizer must be a PrologueTokenizer or its config, got {type(tokenizer).__name__}")
+    if not isinstance(tokenizer, PrologueVQVAEConfig):
+        raise ValueError(f"tokenizer must be a PrologueVQVAE or its config, got {type(tokenizer).__name__}")
     kind = "Prologue AR"
     state_dict = checkpoint if isinstance(checkpoint, dict) else load_folder(
         checkpoint, ("model_1.safetensors",) if ema else ("model.safetensors",), kind)

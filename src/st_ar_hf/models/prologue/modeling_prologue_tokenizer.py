@@ -11,6 +11,7 @@ keeps a plain 2D patch encoder and appends the queries in a separate prologue en
 reads the visual codes only.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +22,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_prologue import PrologueTokenizerConfig
+from .configuration_prologue import PrologueVQVAEConfig
 
 
 @dataclass
-class PrologueTokenizerEncoderOutput(ModelOutput):
+class PrologueVQVAEEncoderOutput(ModelOutput):
     """
     indices: visual code ids [B, h, w], row-major.
     prologue_indices: prologue code ids [B, num_prologue_tokens] (None for a 2D tokenizer).
@@ -45,11 +46,11 @@ class PrologueTokenizerEncoderOutput(ModelOutput):
 
 
 @dataclass
-class PrologueTokenizerOutput(ModelOutput):
+class PrologueVQVAEOutput(ModelOutput):
     """
     reconstruction: decoded pixels [B, 3, H, W], nominally in [-1, 1] (not clamped).
     codebook_loss: mean ||q - sg(z)||^2 of the visual codes; commitment_loss: commit_loss_beta * mean ||sg(q) - z||^2.
-    indices / prologue_indices / prologue_one_hot: as in `PrologueTokenizerEncoderOutput`.
+    indices / prologue_indices / prologue_one_hot: as in `PrologueVQVAEEncoderOutput`.
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -119,14 +120,14 @@ class PrologueRotaryEmbedding(nn.Module):
 
 class PrologueGridRotary(PrologueRotaryEmbedding):
     @staticmethod
-    def angles(config: PrologueTokenizerConfig) -> torch.Tensor:
+    def angles(config: PrologueVQVAEConfig) -> torch.Tensor:
         """The patches on (row, column) with base rope_theta_patches."""
         return rope_angles(grid_position_ids(config.grid_size), config.rope_axes_dim, config.rope_theta_patches)
 
 
 class PrologueGridQueriesRotary(PrologueRotaryEmbedding):
     @staticmethod
-    def angles(config: PrologueTokenizerConfig) -> torch.Tensor:
+    def angles(config: PrologueVQVAEConfig) -> torch.Tensor:
         """The patches as in `PrologueGridRotary`, then the prologue queries on the sequence axis with base
         rope_theta_prologue."""
         queries = torch.arange(config.num_prologue_tokens)
@@ -260,7 +261,7 @@ class PrologueEncoder(nn.Module):
     appends the queries; Prologue-Post has two: a 2D patch encoder (no queries) and a prologue encoder that reads the
     patch encoder's output and appends the queries."""
 
-    def __init__(self, config: PrologueTokenizerConfig, input_dim: int, hidden_size: int, num_layers: int,
+    def __init__(self, config: PrologueVQVAEConfig, input_dim: int, hidden_size: int, num_layers: int,
                  num_heads: int, mlp_ratio: float, with_queries: bool):
         super().__init__()
         self.input_proj = nn.Linear(input_dim, hidden_size)
@@ -283,7 +284,7 @@ class PrologueEncoder(nn.Module):
 
 
 class PrologueDecoder(nn.Module):
-    def __init__(self, config: PrologueTokenizerConfig):
+    def __init__(self, config: PrologueVQVAEConfig):
         super().__init__()
         width = config.decoder_hidden_size
         self.code_embed = nn.Linear(config.codebook_embed_dim, width)
@@ -304,25 +305,25 @@ class PrologueDecoder(nn.Module):
         return self.to_patches(self.norm(x).float())
 
 
-class PrologueTokenizer(PreTrainedModel):
+class PrologueVQVAE(PreTrainedModel):
     r"""Prologue's tokenizer: `encode` gives visual and prologue codes, `decode` turns visual codes into pixels.
 
     Example:
     ```python
-    >>> tokenizer = PrologueTokenizer(PrologueTokenizerConfig())
+    >>> tokenizer = PrologueVQVAE(PrologueVQVAEConfig())
     >>> out = tokenizer.encode(torch.rand(2, 3, 256, 256) * 2 - 1)
     >>> out.indices.shape, out.prologue_indices.shape  # [2, 16, 16], [2, 16]
     >>> tokenizer.decode(out.indices).shape  # [2, 3, 256, 256]
     ```
     """
 
-    config_class = PrologueTokenizerConfig
+    config_class = PrologueVQVAEConfig
     base_model_prefix = "prologue_tokenizer"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["PrologueBlock"]
 
-    def __init__(self, config: PrologueTokenizerConfig):
+    def __init__(self, config: PrologueVQVAEConfig):
         super().__init__(config)
         self.encoder = PrologueEncoder(config, config.patch_dim, config.hidden_size, config.num_encoder_layers,
                                        config.num_encoder_heads, config.mlp_ratio,
@@ -372,7 +373,7 @@ class PrologueTokenizer(PreTrainedModel):
             raise ValueError(f"pixel_values must be a tensor [B, {channels}, {size}, {size}] in [-1, 1], got {shape}")
 
     @apply_forward_hook
-    def encode(self, pixel_values: torch.FloatTensor) -> PrologueTokenizerEncoderOutput:
+    def encode(self, pixel_values: torch.FloatTensor) -> PrologueVQVAEEncoderOutput:
         """pixel_values [B, 3, H, W] in [-1, 1] -> visual and prologue codes."""
         self._check_pixels(pixel_values)
         grid, num_patches = self.config.grid_size, self.config.grid_size**2
@@ -386,7 +387,7 @@ class PrologueTokenizer(PreTrainedModel):
             probs = (similarity / self.config.prologue_temperature).softmax(-1)
             hard = F.one_hot(prologue_indices, self.config.prologue_codebook_size).to(probs.dtype)
             prologue_one_hot = probs + (hard - probs).detach()
-        return PrologueTokenizerEncoderOutput(
+        return PrologueVQVAEEncoderOutput(
             indices=indices.view(-1, grid, grid), prologue_indices=prologue_indices, quantized=quantized,
             prologue_one_hot=prologue_one_hot, latents=latents, hidden_states=hidden,
         )
@@ -407,18 +408,27 @@ class PrologueTokenizer(PreTrainedModel):
         """visual code vectors [B, h * w, E] -> pixels [B, 3, H, W]."""
         return self.unpatchify(self.decoder(codes))
 
-    def forward(self, pixel_values: torch.FloatTensor, decode: bool = True) -> PrologueTokenizerOutput:
+    def forward(self, pixel_values: torch.FloatTensor, decode: bool = True) -> PrologueVQVAEOutput:
         """Reconstruction through the straight-through visual codes, with the visual VQ losses. `decode=False` skips
         the decoder (reconstruction None), for Prologue-Post's prologue stage, whose visual path is frozen."""
         encoded = self.encode(pixel_values)
         codes = self.quantizer.codes(encoded.indices.flatten(1))
         codebook_loss = (codes - encoded.latents.detach()).pow(2).mean()
         commitment_loss = self.config.commit_loss_beta * (codes.detach() - encoded.latents).pow(2).mean()
-        return PrologueTokenizerOutput(
+        return PrologueVQVAEOutput(
             reconstruction=self.decode_codes(encoded.quantized) if decode else None, codebook_loss=codebook_loss,
             commitment_loss=commitment_loss, indices=encoded.indices, prologue_indices=encoded.prologue_indices,
             prologue_one_hot=encoded.prologue_one_hot,
         )
 
 
-__all__ = ["PrologueTokenizer"]
+def __getattr__(name: str):
+    """`PrologueTokenizer`, the old name of `PrologueVQVAE` (transformers takes a class named `*Tokenizer*` for a text
+    tokenizer): still resolves, with a warning, for code and the model_index.json of folders saved before the rename."""
+    if name == "PrologueTokenizer":
+        warnings.warn("PrologueTokenizer is deprecated: use PrologueVQVAE", FutureWarning, stacklevel=2)
+        return PrologueVQVAE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["PrologueVQVAE"]
