@@ -61,10 +61,10 @@ for seed in "${seeds[@]}"; do
         --validation_steps 0 --sample_accuracy_per_class 0 > $out/logs/train_$variant-$seed.log 2>&1"
     [ -f $run/samples.npz ] || add $run/pipeline/model_index.json "launch training/sample_ddp.py --model $run/pipeline \
         --num_samples 1500 --per_class --guidance_scale $guidance --top_p $top_p --batch_size 250 --seed $seed \
-        --out $run/samples.npz > $out/logs/sample_$variant-$seed.log 2>&1"
+        --output_file $run/samples.npz > $out/logs/sample_$variant-$seed.log 2>&1"
     [ -f $run/generation.json ] || add "$run/samples.npz ${first:+$cached}" "OMP_NUM_THREADS=1 python \
         training/evaluate_digits.py --embedded_dataset_dir $data --samples $run/samples.npz --cache_dir $cache \
-        --out $run/generation.json > $out/logs/evaluate_$variant-$seed.log 2>&1"
+        --output_file $run/generation.json > $out/logs/evaluate_$variant-$seed.log 2>&1"
     [ -f $run/probe/probe.json ] || add $run/pipeline/model_index.json "launch training/linear_probe.py \
         --embedded_dataset_dir $data --model $run/pipeline --layer 2 --steps $steps --epochs 30 --learning_rate 0.01 \
         --output_dir $run/probe > $out/logs/probe_$variant-$seed.log 2>&1"

@@ -46,7 +46,7 @@ for seed in 0 1 2; do
         > $out/ar_$kind-$seed.log 2>&1"
     [ -f $out/$kind-$seed.npz ] || add $run/ar_$kind-$seed/pipeline/model_index.json "launch training/sample_ddp.py \
         --model $run/ar_$kind-$seed/pipeline --num_samples 1500 --per_class --guidance_scale 1 --temperature 1 \
-        --batch_size 100 --seed $seed --out $out/$kind-$seed.npz > $out/sample_$kind-$seed.log 2>&1"
+        --batch_size 100 --seed $seed --output_file $out/$kind-$seed.npz > $out/sample_$kind-$seed.log 2>&1"
     samples+=($out/$kind-$seed.npz)
   done
 done
@@ -54,9 +54,9 @@ tokenizers=$(for kind in $kinds; do echo $run/tokenizer_$kind/vqvae/config.json;
 add "$tokenizers $run/ar_prologue-0/pipeline/model_index.json" "OMP_NUM_THREADS=1 python training/evaluate_prologue_digits.py \
     --embedded_dataset_dir $data --prologue $run/tokenizer_prologue/vqvae --baseline $run/tokenizer_2d/vqvae \
     $([[ $kinds == *post* ]] && echo "--post $run/tokenizer_post/vqvae" || true) --pipeline $run/ar_prologue-0/pipeline \
-    --out $out/tokenizers.json > $out/score_tokenizers.log 2>&1"
+    --output_file $out/tokenizers.json > $out/score_tokenizers.log 2>&1"
 add "${samples[*]}" "python training/evaluate_digits.py --embedded_dataset_dir $data --samples ${samples[*]} \
-    --out $out/generation.json > $out/score_samples.log 2>&1"
+    --output_file $out/generation.json > $out/score_samples.log 2>&1"
 
 run_jobs $out
 echo "$SECONDS s in all"

@@ -21,9 +21,9 @@ mkdir -p $out
 # evaluations. Finished parts are kept, so a rerun resumes.
 sample() { [ -f $out/$1.npz ] || add $runs/$1/pipeline/model_index.json "launch training/sample_ddp.py \
     --model $runs/$1/pipeline --num_samples 1500 --per_class --guidance_scale 1.5 --batch_size 100 \
-    --out $out/$1.npz > $out/sample_$1.log 2>&1"; }
+    --output_file $out/$1.npz > $out/sample_$1.log 2>&1"; }
 evaluate() { [ -f $out/$1.json ] || add "$out/$1.npz $2" "OMP_NUM_THREADS=1 python training/evaluate_digits.py \
-    --embedded_dataset_dir runs/data/mnist5k --samples $out/$1.npz --cache_dir $cache --out $out/$1.json \
+    --embedded_dataset_dir runs/data/mnist5k --samples $out/$1.npz --cache_dir $cache --output_file $out/$1.json \
     > $out/evaluate_$1.log 2>&1"; }
 sample pretrain
 evaluate pretrain ""

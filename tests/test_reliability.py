@@ -246,10 +246,10 @@ def _cli(*argv) -> int:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--out", "{tmp}/missing/grid.png"], r"--out .*grid.png: the folder .*missing does not exist"),
-    (["--out", "{tmp}/grid.txt"], r"--out .*grid.txt: expected a file ending in .png"),
-    (["--out", "{tmp}/grid.png", "--device", "cuda:0"], r"--device cuda:0: CUDA is not available"),
-    (["--out", "{tmp}/grid.png", "--device", "gpu"], r"--device 'gpu'"),
+    (["--output-file", "{tmp}/missing/grid.png"], r"--output-file .*grid.png: the folder .*missing does not exist"),
+    (["--output-file", "{tmp}/grid.txt"], r"--output-file .*grid.txt: expected a file ending in .png"),
+    (["--output-file", "{tmp}/grid.png", "--device", "cuda:0"], r"--device cuda:0: CUDA is not available"),
+    (["--output-file", "{tmp}/grid.png", "--device", "gpu"], r"--device 'gpu'"),
 ])
 def test_sample_checks_its_output_and_device_before_loading_anything(tmp_path, capsys, argv, message):
     if "cuda:0" in argv and torch.cuda.is_available():
@@ -259,15 +259,15 @@ def test_sample_checks_its_output_and_device_before_loading_anything(tmp_path, c
     assert __import__("re").search(message, capsys.readouterr().err)
 
 
-def test_evaluate_checks_out_first_and_prints_results_before_writing(tmp_path, capsys):
+def test_evaluate_checks_its_output_file_first_and_prints_results_before_writing(tmp_path, capsys):
     import numpy as np
 
     rng = np.random.default_rng(0)
     for name, count in (("one", 1), ("many", 4)):
         np.savez(tmp_path / f"{name}.npz", rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8))
     base = ["evaluate", "--samples", str(tmp_path / "many.npz"), "--reference", str(tmp_path / "many.npz")]
-    assert _cli(*base, "--out", str(tmp_path / "missing" / "r.json")) == 2
-    assert "--out" in capsys.readouterr().err
+    assert _cli(*base, "--output-file", str(tmp_path / "missing" / "r.json")) == 2
+    assert "--output-file" in capsys.readouterr().err
     assert _cli(*base[:2], str(tmp_path / "one.npz"), *base[3:]) == 2
     assert "--samples holds 1 image(s): the statistics need at least 2" in capsys.readouterr().err
     assert _cli(*base, "--batch-size", "0") == 2
@@ -277,14 +277,14 @@ def test_evaluate_checks_out_first_and_prints_results_before_writing(tmp_path, c
 def test_convert_refuses_bad_heads_empty_files_and_an_existing_model(tmp_path, capsys, tiny_gpt):
     (tmp_path / "empty.pt").write_bytes(b"")
     base = ["convert", "llamagen-gpt", "--checkpoint", str(tmp_path / "empty.pt")]
-    assert _cli(*base, "--output", str(tmp_path / "out"), "--num-attention-heads", "0") == 2
+    assert _cli(*base, "--output-dir", str(tmp_path / "out"), "--num-attention-heads", "0") == 2
     assert "--num-attention-heads: expected an int >= 1, got 0" in capsys.readouterr().err
-    assert _cli(*base, "--output", str(tmp_path / "out")) == 2
+    assert _cli(*base, "--output-dir", str(tmp_path / "out")) == 2
     assert "--checkpoint: checkpoint" in (err := capsys.readouterr().err) and "empty or truncated file" in err
     tiny_gpt.save_pretrained(tmp_path / "existing")
-    assert _cli(*base, "--output", str(tmp_path / "existing")) == 2
+    assert _cli(*base, "--output-dir", str(tmp_path / "existing")) == 2
     err = capsys.readouterr().err
-    assert "--output" in err and "already holds a file or a model" in err and "--overwrite" in err
+    assert "--output-dir" in err and "already holds a file or a model" in err and "--overwrite" in err
 
 
 # ---------------------------------------------------------------- 6. clean errors at every other entry point

@@ -5,20 +5,20 @@ were sampled for, arr_1 of the `.npz`; overall and per class, its test-split acc
 `sample_ddp.py` samples on the offline EfficientNet-Lite0 features (the ADM evaluator's arithmetic; not Inception:
 the numbers compare runs here, not papers) against a reference split.
 
-    python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k --samples a.npz b.npz --out results.json
+    python training/evaluate_digits.py --embedded_dataset_dir runs/data/mnist5k --samples a.npz b.npz --output_file results.json
 
 FID needs more images than the 1,280 feature dimensions on both sides: the default reference is the 4,500 train
 digits; a sample set of 1,280 or fewer gets its FID under "unreliable", with the reason, instead of as a result.
 The classifier is trained once per call (about 20 s), or kept in --cache_dir with the reference features.
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
 from st_ar_hf.evaluation import compute_features, feature_network, load_image_batch, unreliable_reason
+from st_ar_hf.flags import FlagParser
 from st_ar_hf.metrics import frechet_distance, gaussian_statistics
 from st_ar_hf.sample_accuracy import (SampleClassifier, fit_sample_classifier, load_labelled_images, load_labels,
                                       sample_accuracy)
@@ -78,19 +78,19 @@ def cached(cache_dir: Path | None, name: str, compute):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--embedded_dataset_dir", type=Path, required=True)
     parser.add_argument("--samples", nargs="+", required=True, help="sample_ddp.py outputs (images arr_0, labels arr_1)")
     parser.add_argument("--reference_split", choices=["train", "test"], default="train", help="FID reference digits")
     parser.add_argument("--cache_dir", type=Path, help="keep the classifier and reference features here for later calls")
-    parser.add_argument("--out", type=Path, required=True, help="JSON results")
+    parser.add_argument("--output_file", type=Path, required=True, old_names=("--out",), help="JSON results")
     args = parser.parse_args()
     try:
         results = evaluate_digits(args.embedded_dataset_dir, args.samples, args.reference_split, args.cache_dir)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.output_file.parent.mkdir(parents=True, exist_ok=True)
+    args.output_file.write_text(json.dumps(results, indent=2) + "\n")
     print(f"classifier accuracy on the test digits: {results['classifier_held_out_accuracy']:.4f}")
 
 

@@ -8,10 +8,9 @@ prologue-fixed resamples: per row, one sampled digit, then its prologue kept and
 
     python training/evaluate_prologue_digits.py --embedded_dataset_dir runs/data/mnist5k \
         --prologue runs/prologue_embedded/prologue/tokenizer/vqvae --baseline runs/prologue_embedded/baseline_2d/tokenizer/vqvae \
-        --pipeline runs/prologue_embedded/prologue/pipeline --out runs/prologue_embedded/compare/tokenizers.json
+        --pipeline runs/prologue_embedded/prologue/pipeline --output_file runs/prologue_embedded/compare/tokenizers.json
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from evaluate_digits import load_split
 
 from st_ar_hf import PrologueVQVAE, STARPipeline
 from st_ar_hf.evaluation import compute_features, feature_network
+from st_ar_hf.flags import FlagParser
 from st_ar_hf.metrics import frechet_distance, gaussian_statistics, psnr, ssim
 from st_ar_hf.training.tracking import make_grid
 
@@ -85,13 +85,13 @@ def resample_grid(pipeline_dir: str, out: Path, classes=(0, 3, 5, 8), resamples:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--embedded_dataset_dir", type=Path, required=True)
     parser.add_argument("--prologue", required=True, help="the Prologue tokenizer folder")
     parser.add_argument("--baseline", required=True, help="the 2D tokenizer folder")
     parser.add_argument("--post", help="a Prologue-Post tokenizer folder, measured as well")
-    parser.add_argument("--pipeline", help="a Prologue STARPipeline: also write the resample grid beside --out")
-    parser.add_argument("--out", type=Path, required=True, help="JSON results")
+    parser.add_argument("--pipeline", help="a Prologue STARPipeline: also write the resample grid beside --output_file")
+    parser.add_argument("--output_file", type=Path, required=True, old_names=("--out",), help="JSON results")
     args = parser.parse_args()
     tokenizers = {"prologue": PrologueVQVAE.from_pretrained(args.prologue).eval(),
                   "2d": PrologueVQVAE.from_pretrained(args.baseline).eval()}
@@ -116,10 +116,10 @@ def main() -> None:
             train_visual[:, :num_probe], train_labels, test_visual[:, :num_probe], test_labels,
             tokenizer.config.codebook_size)
         print(name, json.dumps(results[name]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.output_file.parent.mkdir(parents=True, exist_ok=True)
+    args.output_file.write_text(json.dumps(results, indent=2) + "\n")
     if args.pipeline:
-        resample_grid(args.pipeline, args.out.with_name("prologue_resamples.png"))
+        resample_grid(args.pipeline, args.output_file.with_name("prologue_resamples.png"))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 """Distributed class-conditional sampling into an ADM-format `.npz` (uint8 [N, H, W, 3] under `arr_0`, labels under
 `arr_1`) for `st-ar evaluate`.
 
-    accelerate launch training/sample_ddp.py --model org/st-ar-b-256 --num_samples 50000 --guidance_scale 2.0 --out samples.npz
+    accelerate launch training/sample_ddp.py --model org/st-ar-b-256 --num_samples 50000 --guidance_scale 2.0 --output_file samples.npz
     accelerate launch training/sample_ddp.py --model converted/flexvar-d16 --num_samples 50000 --per_class \
-        --guidance_scale 2.5 --top_k 900 --top_p 0.95 --out samples.npz
+        --guidance_scale 2.5 --top_k 900 --top_p 0.95 --output_file samples.npz
 
 Any family's pipeline: the sampling arguments are the pipeline's (`--guidance_scale` defaults to the family's,
 `--cfg_interval` is LlamaGen's, `--scales` VAR's and FlexVAR's; Prologue takes split settings, e.g.
@@ -16,7 +16,6 @@ any batch size. Each process samples the indices i = process_index (mod num_proc
 (bicubic, as LlamaGen's evaluation of its 384 px models) before saving.
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,16 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from st_ar_hf import STARPipeline
+from st_ar_hf.flags import FlagParser
 from st_ar_hf.training.tracking import finish_run
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="STARPipeline folder or Hub repo id")
-    parser.add_argument("--out", required=True, help="the .npz to write")
+    parser.add_argument("--output_file", required=True, old_names=("--out",), help="the .npz to write")
     parser.add_argument("--num_samples", type=int, default=50000)
-    parser.add_argument("--per_class", action="store_true", help="labels i % num_classes instead of uniform random")
+    parser.add_argument("--per_class", action="store_true", help="labels i %% num_classes instead of uniform random")
     parser.add_argument("--guidance_scale", type=float, nargs="+", default=None,
                         help="default: the family's (LlamaGen 2.0; VAR 1.5 and FlexVAR 2.5, their cfg; Prologue the "
                         "paper's split CFG); Prologue also S POWER or S_PROLOGUE S_VISUAL POWER")
@@ -89,12 +89,12 @@ def main(args) -> None:
     gathered = accelerator.gather(padded[None]).cpu().numpy()  # [P, per_process, H, W, 3]
     if accelerator.is_main_process:
         samples = gathered.transpose(1, 0, 2, 3, 4).reshape(-1, *local.shape[1:])[: args.num_samples]  # index order
-        out, partial = Path(args.out), Path(f"{args.out}.partial")
+        out, partial = Path(args.output_file), Path(f"{args.output_file}.partial")
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as f:  # complete or absent: a reader never sees half a batch
             np.savez(f, arr_0=samples, arr_1=labels)
         partial.replace(out)
-        print(f"wrote {len(samples)} images of {samples.shape[1]}x{samples.shape[2]} to {args.out}")
+        print(f"wrote {len(samples)} images of {samples.shape[1]}x{samples.shape[2]} to {args.output_file}")
     finish_run(accelerator)
 
 

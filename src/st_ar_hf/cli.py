@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .flags import FlagParser
 from .models.llamagen import LLAMAGEN_PRESETS
 
 # kind -> the official files it reads; the generators also write a STARPipeline when given their tokenizer
@@ -32,8 +33,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="st-ar", description="st-ar-hf: LlamaGen / ST-AR on the Hugging Face stack")
+def _parser() -> FlagParser:
+    parser = FlagParser(prog="st-ar", description="st-ar-hf: LlamaGen / ST-AR on the Hugging Face stack")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert an official checkpoint to a model or pipeline directory")
@@ -42,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         sub = kinds.add_parser(kind, help=help_text)
         sub.add_argument("--checkpoint", required=True, help="the official file (loaded with weights_only=True), or for "
                          "Prologue the official accelerate folder of safetensors")
-        sub.add_argument("--output", required=True, help="directory to write (config.json, model.safetensors, README.md; "
-                         "a STARPipeline directory when a tokenizer is given)")
-        sub.add_argument("--overwrite", action="store_true", help="replace a model or pipeline already in --output")
+        sub.add_argument("--output-dir", required=True, old_names=("--output",), help="directory to write "
+                         "(config.json, model.safetensors, README.md; a STARPipeline directory when a tokenizer is given)")
+        sub.add_argument("--overwrite", action="store_true", help="replace a model or pipeline already in --output-dir")
         if kind in GENERATORS:  # a Prologue AR's vocabulary layout comes from its tokenizer: one is required
             tokenizer = sub.add_mutually_exclusive_group(required=kind == "prologue-ar")
             tokenizer.add_argument("--vqvae", "--tokenizer", dest="vqvae",
@@ -82,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sample.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     sample.add_argument("--compile", action="store_true", help="torch.compile the decoding step")
-    sample.add_argument("--out", required=True, help=f"image file for the grid, one row per label ({', '.join(IMAGE_SUFFIXES)})")
+    sample.add_argument("--output-file", required=True, old_names=("--out",),
+                        help=f"image file for the grid, one row per label ({', '.join(IMAGE_SUFFIXES)})")
 
     evaluate = commands.add_parser("evaluate", help="FID, sFID, IS, precision and recall of an ADM-format sample batch, and its sample accuracy")
     evaluate.add_argument("--samples", required=True, help=".npz with uint8 [N, H, W, 3] images under arr_0")
@@ -104,14 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--classifier-test", metavar="DATA", help="held-out split for the classifier's own accuracy "
                           "(required with --classifier-train)")
     evaluate.add_argument("--save-classifier", metavar="DIR", help="save the trained classifier (safetensors) for reuse")
-    evaluate.add_argument("--out", help="also write the results to this JSON file")
+    evaluate.add_argument("--output-file", old_names=("--out",), help="also write the results to this JSON file")
 
     push = commands.add_parser("push", help="upload a training run's pipeline (or tokenizer) with its card to the Hub")
     push.add_argument("run_dir", metavar="RUN_DIR", help="a training output dir (its pipeline/ or vqvae/ is uploaded) "
                       "or a saved STARPipeline / LlamaGenVQVAE dir")
     push.add_argument("--repo-id", required=True, help="org/name, created if needed")
     push.add_argument("--eval-results", action="append", default=[], metavar="FILE",
-                      help="results JSON of `st-ar evaluate --out` for the card's model-index (repeatable); "
+                      help="results JSON of `st-ar evaluate --output-file` for the card's model-index (repeatable); "
                       "default: RUN_DIR/evaluation.json when present")
     push.add_argument("--eval-dataset", help="Hub data set of the reference batch; default: the training data set")
     push.add_argument("--base-model", help="Hub id of the weights the run started from; default: from the run")
@@ -126,8 +128,8 @@ def _evaluate(args) -> str:
     from .evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch
     from .sample_accuracy import load_labels, sample_accuracy
 
-    if args.out:
-        _check_output_file(args.out, "--out", (".json",))
+    if args.output_file:
+        _check_output_file(args.output_file, "--output-file", (".json",))
     _check_device(args.device)
     if bool(args.classifier_train) != bool(args.classifier_test):
         raise ValueError("--classifier-train and --classifier-test go together (a train and a held-out split)")
@@ -146,9 +148,9 @@ def _evaluate(args) -> str:
                        classifier=args.classifier or f"CNN trained on {args.classifier_train}")
     text = json.dumps(results, indent=2)
     print(text, flush=True)  # before the file: a failing write loses nothing
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        return f"wrote {args.out}"
+    if args.output_file:
+        Path(args.output_file).write_text(text + "\n")
+        return f"wrote {args.output_file}"
     return ""
 
 
@@ -181,7 +183,7 @@ def _push(args) -> str:
 def _sample(args) -> str:
     from .hub import load_star_pipeline
 
-    _check_output_file(args.out, "--out", IMAGE_SUFFIXES)
+    _check_output_file(args.output_file, "--output-file", IMAGE_SUFFIXES)
     _check_device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     labels = [int(label) if label.isdigit() else label for label in args.labels]
@@ -200,8 +202,8 @@ def _sample(args) -> str:
     grid = Image.new("RGB", (width * args.num_images_per_label, height * len(labels)))
     for i, image in enumerate(out.images):
         grid.paste(image, ((i % args.num_images_per_label) * width, (i // args.num_images_per_label) * height))
-    grid.save(args.out)
-    return f"wrote {num_images} images ({width}x{height}) to {args.out}"
+    grid.save(args.output_file)
+    return f"wrote {num_images} images ({width}x{height}) to {args.output_file}"
 
 
 def _convert(args) -> str:
@@ -211,14 +213,15 @@ def _convert(args) -> str:
     from .models.var.convert_var import convert_flexvar, convert_var, convert_var_vqvae
     from .pipelines import STARPipeline
 
-    output = Path(args.output)
+    output = Path(args.output_dir)
     if output.is_file() or (output.is_dir() and not args.overwrite and any(
             (output / name).exists() for name in ("config.json", "model_index.json", "model.safetensors"))):
-        raise ValueError(f"--output {output} already holds a file or a model: choose another folder or pass --overwrite")
+        raise ValueError(f"--output-dir {output} already holds a file or a model: choose another folder or pass "
+                         "--overwrite")
     with_tokenizer = args.kind in GENERATORS and bool(args.vqvae or args.vqvae_checkpoint)
     if with_tokenizer:  # read first: a wrong tokenizer fails before the (larger) transformer is read
         vqvae = _load_tokenizer(args)
-    output_dir = None if with_tokenizer else args.output
+    output_dir = None if with_tokenizer else args.output_dir
     schedule = {"patch_nums": args.patch_nums} if getattr(args, "patch_nums", None) else {}
     try:
         if args.kind == "llamagen-vq":
@@ -242,11 +245,11 @@ def _convert(args) -> str:
     if with_tokenizer:
         pipe = STARPipeline(transformer=model, vqvae=vqvae)
         pipe.check_components()
-        pipe.save_pretrained(args.output)
+        pipe.save_pretrained(args.output_dir)
         card = pipeline_model_card(pipe, remote_code=False, base_model=converted_base_model(args.kind))
-        card.save(Path(args.output) / "README.md")  # names the original weights, which `st-ar push` keeps
+        card.save(Path(args.output_dir) / "README.md")  # names the original weights, which `st-ar push` keeps
         written = f"a STARPipeline of {written} and {type(vqvae).__name__}"
-    return f"wrote {written} to {args.output}"
+    return f"wrote {written} to {args.output_dir}"
 
 
 def _check_output_file(path: str, flag: str, suffixes: tuple[str, ...]) -> None:

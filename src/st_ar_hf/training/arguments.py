@@ -1,7 +1,7 @@
 """Training arguments: dataclasses read from a YAML file (`--config`) and overridden on the command line.
 
-Every field is a command-line flag of the same name. A YAML key that is not a field is an error, so a typo never
-silently falls back to a default.
+Every field is a command-line flag of the same name, spelt `--output_dir` or `--output-dir`. A YAML key that is not a
+field is an error, so a typo never silently falls back to a default.
 """
 
 import argparse
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from ..flags import FlagParser
 from .losses import AR_PASSES
 from .sar import RolloutSampling, check_flexvar_schedule
 
@@ -126,7 +127,7 @@ def _to_bool(value: str) -> bool:
 def parse_arguments(cls, argv=None, default_config: str | None = None):
     """Builds `cls` from `--config file.yaml` (or `default_config` when no argument is given at all), then flags.
     A config may start from another with `base: other.yaml`."""
-    parser = argparse.ArgumentParser(description=cls.__doc__)
+    parser = FlagParser(description=cls.__doc__)
     parser.add_argument("--config", help="YAML file of arguments; flags given on the command line override it")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
