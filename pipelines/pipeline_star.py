@@ -6,11 +6,13 @@ pipeline's only code: `save_pretrained(..., remote_code=True)` copies them to th
 `st_ar_hf` (the models are reached through their components).
 """
 
+import ast
 import difflib
+import inspect
 import json
 import math
 import os
-import shutil
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +22,20 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput
-from huggingface_hub import snapshot_download
-from transformers import PreTrainedModel
+from diffusers.utils import BaseOutput, logging
+from huggingface_hub import HfApi, snapshot_download
+from transformers import AutoModel, PreTrainedModel
 
 from .decoding_llamagen import LlamaGenDecoding
 from .decoding_prologue import PrologueDecoding
 from .decoding_scalewise import ScaleWiseDecoding
+from .imagenet_labels import IMAGENET_ID2LABEL
 from .sampling import Generators
 
-# ImageNet-1k class names, index -> comma-separated WordNet synonyms (as in DiT's id2label)
-IMAGENET_LABELS_FILE = Path(__file__).with_name("imagenet_labels.json")
+logger = logging.get_logger(__name__)
+
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DOWNLOAD_ARGUMENTS = ("cache_dir", "revision", "token", "force_download", "local_files_only")  # of snapshot_download
 
 
 @dataclass(frozen=True)
@@ -52,22 +56,60 @@ FAMILIES = {
     "flexvar": ModelFamily(ScaleWiseDecoding, "llamagen_vqvae", 2.5),  # FlexVAR's evaluation setting
     "prologue": ModelFamily(PrologueDecoding, "prologue_tokenizer", None),  # the paper's setting per model, in its config
 }
-# the code a remote-code directory carries: this file and the modules it imports (diffusers copies the direct relative
-# imports of a local directory's pipeline file, so this file imports every module that the others import)
-PIPELINE_CODE = [path for path in Path(__file__).parent.glob("*.py") if path.name != "__init__.py"]
+# `from .module import ...` (on one line or parenthesised): the sibling imports that diffusers and transformers follow
+RELATIVE_IMPORT = re.compile(r"^from \.(\w+) import (?:\([^)]*\)|[^\n]*)\n", re.MULTILINE)
+
+
+def module_with_imports(path: Path) -> list[Path]:
+    """`path` and the sibling modules it imports, recursively; each module comes after those it imports."""
+    ordered = []
+
+    def visit(module: Path):
+        if module not in ordered:
+            for name in RELATIVE_IMPORT.findall(module.read_text()):
+                visit(module.with_name(f"{name}.py"))
+            ordered.append(module)
+
+    visit(path)
+    return ordered
+
+
+def single_file_module(path: Path) -> str:
+    """The source of the module at `path` with the sibling modules it imports inlined before it, as one file.
+
+    diffusers fetches a remote-code component from the Hub as the one file that model_index.json names
+    (`<component>/<module>.py`), so that file must hold the configuration and every layer it uses. A module with no
+    sibling imports (e.g. one written by this function) comes back unchanged."""
+    modules = module_with_imports(path)
+    defined = {}
+    for module in modules:  # inlining must not let one module's top-level name replace another's
+        for node in ast.parse(module.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("__"):
+                if defined.setdefault(node.name, module) != module:
+                    raise ValueError(f"{node.name} is defined in both {defined[node.name].name} and {module.name}")
+    if len(modules) == 1:
+        return path.read_text()
+    parts = [f"# {module.name}\n{RELATIVE_IMPORT.sub('', module.read_text())}" for module in modules]
+    return f"# One file of {', '.join(m.name for m in modules)} (written by STARPipeline.save_pretrained)\n\n" + "\n\n".join(parts)
 
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def flatten(labels: list | tuple) -> list:
+    """Nested lists (and tuples) of labels -> one list, in order."""
+    return [item for label in labels for item in (flatten(label) if isinstance(label, (list, tuple)) else [label])]
+
+
 @dataclass
 class STARPipelineOutput(BaseOutput):
     """
-    images: list of PIL images, an np.ndarray [B, H, W, 3] or a torch tensor [B, 3, H, W] in [0, 1]; None for
-        output_type="latent".
+    images: list of PIL images, an np.ndarray [B, H, W, 3] or a torch tensor [B, 3, H, W] in [0, 1]; for
+        output_type="latent" the tokens as one tensor (LlamaGen, Prologue: `tokens`; VAR, FlexVAR: the maps in one
+        sequence [B, sum of s_k^2], coarsest first); None for an interrupted call.
     tokens: the sampled code ids: [B, h, w] for LlamaGen and Prologue (visual codes), one map [B, s_k, s_k] per scale
-        for VAR and FlexVAR.
+        for VAR and FlexVAR; an interrupted call has those decoded so far (LlamaGen, Prologue: [B, n]).
     prologue_tokens: Prologue: the prologue codes [B, P] (give them back as `prologue_tokens=` to keep them); None
         for the other families.
     """
@@ -86,19 +128,29 @@ class STARPipeline(DiffusionPipeline):
             `PrologueForImageGeneration`.
         vqvae: its tokenizer, whose codebook is the transformer's vocabulary: a `LlamaGenVQVAE` (LlamaGen, FlexVAR),
             a `VARVQVAE` (VAR) or a `PrologueVQVAE` (Prologue).
-        id2label: class id (int, or str as in JSON) -> name(s), comma-separated synonyms allowed; the ImageNet-1k
-            names by default.
+        id2label: class id (int, or str as in JSON) -> name(s), comma-separated synonyms allowed, every id one of the
+            transformer's classes; by default the ImageNet-1k names (of a transformer with another number of classes,
+            those of its ids only, with a warning).
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
-    _callback_tensor_inputs = ["tokens"]
+    _callback_tensor_inputs = ["latents", "tokens"]
 
     def __init__(self, transformer: PreTrainedModel, vqvae: PreTrainedModel, id2label: dict | None = None):
         super().__init__()
         self.register_modules(transformer=transformer, vqvae=vqvae)
-        if id2label is None:
-            id2label = json.loads(IMAGENET_LABELS_FILE.read_text())
-        id2label = {int(key): value for key, value in id2label.items()}
+        self.family  # noqa: B018 (refuses a transformer of no family before its config is read)
+        num_classes = transformer.config.num_classes
+        imagenet = IMAGENET_ID2LABEL
+        id2label = imagenet if id2label is None else {int(key): value for key, value in id2label.items()}
+        if id2label == imagenet and num_classes != len(imagenet):  # the default, or a folder saved with it
+            logger.warning(f"id2label: the transformer has {num_classes} classes, not ImageNet's {len(imagenet)}: its "
+                           f"classes keep ImageNet's names of ids < {num_classes}; pass id2label to name them")
+            id2label = {class_id: name for class_id, name in id2label.items() if class_id < num_classes}
+        outside = sorted(class_id for class_id in id2label if not 0 <= class_id < num_classes)
+        if outside:
+            raise ValueError(f"id2label names ids {outside[:5]}{' ...' if len(outside) > 5 else ''} outside the "
+                             f"transformer's classes [0, {num_classes}) (num_classes)")
         self.register_to_config(id2label=id2label)
         self.labels = {
             synonym.strip().lower(): class_id for class_id, names in id2label.items() for synonym in names.split(",")
@@ -108,6 +160,24 @@ class STARPipeline(DiffusionPipeline):
     @property
     def id2label(self) -> dict[int, str]:
         return self.config.id2label  # int keys: __init__ converts the JSON's string keys
+
+    @property
+    def guidance_scale(self) -> float | tuple:
+        """The guidance of the current (or last) call, read by the decoding loop before each step: a
+        `callback_on_step_end` that sets `pipe._guidance_scale` changes the following steps (guidance must be on at
+        the start of the call for a callback to raise it)."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The decoding steps of the last call (tokens, or scales), as many as `callback_on_step_end` calls."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a `callback_on_step_end` to stop decoding after that step: the call returns
+        the tokens decoded so far and no images."""
+        return self._interrupt
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Class names (case-insensitive, any comma-separated synonym) -> class ids."""
@@ -163,29 +233,40 @@ class STARPipeline(DiffusionPipeline):
         if tokenizer.codebook_embed_dim != width:
             raise ValueError(f"vqvae codes have {tokenizer.codebook_embed_dim} channels but the transformer reads {width}")
 
-    def check_inputs(self, class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p, generator,
-                     output_type, callback_on_step_end_tensor_inputs, **family_arguments) -> tuple[list[int], dict]:
-        """Validates every argument before decoding starts; returns the class ids and the family's decoding options
-        (`family_arguments`: cfg_interval, compile_decoding, scales, more_smooth, prologue_tokens)."""
+    def check_inputs(self, class_labels, num_images_per_prompt, guidance_scale, temperature, top_k, top_p, generator,
+                     output_type, callback_on_step_end_tensor_inputs, num_images_per_label=None,
+                     **family_arguments) -> tuple[list[int], int, dict]:
+        """Validates every argument before decoding starts; returns the class ids, the images per label and the
+        family's decoding options (`family_arguments`: cfg_interval, compile_decoding, scales, more_smooth,
+        prologue_tokens)."""
         self.check_components()
         config = self.transformer.config
         if isinstance(class_labels, (torch.Tensor, np.ndarray)):
             class_labels = class_labels.tolist()
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
-        if not isinstance(class_labels, (list, tuple)) or not class_labels:
+        if not isinstance(class_labels, (list, tuple)) or not flatten(class_labels):
             raise ValueError(f"class_labels must name at least one class (a name, an id, or a list of them), got "
                              f"{class_labels!r}")
         ids = []
-        for label in class_labels:
+        for label in flatten(class_labels):  # nested lists, as DiT's reshape(-1)
             if isinstance(label, str):
-                ids += self.get_label_ids(label)
+                for class_id in self.get_label_ids(label):
+                    if class_id >= config.num_classes:
+                        raise ValueError(f"class_labels: {label!r} is class {class_id}, but the transformer has "
+                                         f"{config.num_classes} classes (num_classes)")
+                    ids.append(class_id)
             elif _is_int(label) and 0 <= label < config.num_classes:
                 ids.append(int(label))
             else:
                 raise ValueError(f"class_labels: {label!r} is neither a class name nor an id in [0, {config.num_classes})")
-        if not _is_int(num_images_per_label) or num_images_per_label < 1:
-            raise ValueError(f"num_images_per_label must be a positive int, got {num_images_per_label!r}")
+        for name, value in ("num_images_per_prompt", num_images_per_prompt), ("num_images_per_label", num_images_per_label):
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if None not in (num_images_per_prompt, num_images_per_label) and num_images_per_prompt != num_images_per_label:
+            raise ValueError(f"num_images_per_prompt {num_images_per_prompt} and num_images_per_label (its older name) "
+                             f"{num_images_per_label} disagree: pass one of them")
+        images_per_label = num_images_per_prompt or num_images_per_label or 1
         prologue = config.model_type == "prologue"
         if isinstance(guidance_scale, (tuple, list)) or isinstance(temperature, (tuple, list)):
             if not prologue:
@@ -204,10 +285,10 @@ class STARPipeline(DiffusionPipeline):
             raise ValueError(f"top_k must be in [0, {config.vocab_size}], an int (0 = off), got {top_k!r}")
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p!r}")
-        num_images = len(ids) * num_images_per_label
+        num_images = len(ids) * images_per_label
         if isinstance(generator, list) and len(generator) != num_images:
             raise ValueError(f"generator is a list of {len(generator)} but the call makes {num_images} images "
-                             f"({len(ids)} labels x {num_images_per_label})")
+                             f"({len(ids)} labels x {images_per_label})")
         generators = generator if isinstance(generator, list) else [generator]
         if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
             raise ValueError(f"generator must be a torch.Generator or a list of them, got {generator!r}")
@@ -220,13 +301,14 @@ class STARPipeline(DiffusionPipeline):
         if prologue:
             family_arguments |= dict(guidance_scale=guidance_scale, temperature=temperature,
                                      prologue_tokens=prologue_tokens, batch_size=num_images)
-        return ids, self.family.decoding.check_arguments(self.transformer, self.vqvae, **family_arguments)
+        return ids, images_per_label, self.family.decoding.check_arguments(self.transformer, self.vqvae,
+                                                                            **family_arguments)
 
     @torch.no_grad()
     def __call__(
         self,
         class_labels: int | str | list[int | str],
-        num_images_per_label: int = 1,
+        num_images_per_prompt: int | None = None,
         guidance_scale: float | None = None,
         cfg_interval: int = -1,
         temperature: float | tuple[float, float] | None = None,
@@ -236,16 +318,18 @@ class STARPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
-        callback_on_step_end_tensor_inputs: list[str] = ["tokens"],  # noqa: B006 (diffusers convention)
+        callback_on_step_end_tensor_inputs: list[str] = ["latents", "tokens"],  # noqa: B006 (diffusers convention)
         compile_decoding: bool = False,
         scales: list[int] | None = None,
         more_smooth: bool = False,
         prologue_tokens: torch.LongTensor | None = None,
+        num_images_per_label: int | None = None,
     ) -> STARPipelineOutput | tuple:
         r"""
         Args:
-            class_labels: class ids, class names (any synonym of `id2label`, case-insensitive) or a mix.
-            num_images_per_label: images drawn for each label; images of one label are adjacent.
+            class_labels: class ids, class names (any synonym of `id2label`, case-insensitive) or a mix; nested lists
+                are flattened.
+            num_images_per_prompt: images drawn for each label (None: 1); images of one label are adjacent.
             guidance_scale: classifier-free guidance with the null class as `uncond`; None takes the family's
                 default (LlamaGen 2.0, VAR 1.5, FlexVAR 2.5).
                 - LlamaGen: `uncond + (cond - uncond) * guidance_scale` on raw logits; 1.0 disables guidance (and the
@@ -262,10 +346,17 @@ class STARPipeline(DiffusionPipeline):
                 pair too; None is 1.0, or for Prologue without guidance its config's `no_guidance_temperature`.
             generator: one generator for the whole call, or one per image: image i then depends on generator i
                 alone, whatever else is in the batch.
-            output_type: "pil", "np", "pt", or "latent" (tokens only, no decoding).
-            callback_on_step_end: `callback(pipe, step, step, {"tokens": ...})` after each decoding step (a token for
-                LlamaGen, with tokens [B, step + 1]; a sequence token for Prologue, in its vocabulary; a scale for VAR / FlexVAR, with the list of maps so far); a
-                returned "tokens" replaces what the step sampled (LlamaGen: the last column; scale-wise: the last map).
+            output_type: "pil", "np", "pt", or "latent" (the tokens as one tensor in `images`, no decoding).
+            callback_on_step_end: `callback(pipe, step, step, callback_kwargs)` after each decoding step (a token for
+                LlamaGen; a sequence token for Prologue; a scale for VAR / FlexVAR), with the tokens so far as
+                "tokens" (LlamaGen, Prologue: [B, step + 1], Prologue's in its sequence vocabulary; VAR / FlexVAR: the
+                list of maps) and as diffusers' "latents" (one tensor: the same for LlamaGen and Prologue, the maps in
+                one sequence [B, sum of s_k^2] for VAR / FlexVAR). A returned "latents" (else "tokens") that differs
+                from the one given replaces the tokens so far; the earlier ones are already in the model's cache, so
+                only the last step's steer what follows. The callback may set `pipe._guidance_scale` (read before
+                each step: diffusers' dynamic guidance) and `pipe._interrupt` (stops decoding: the tokens so far come
+                back, without images).
+            callback_on_step_end_tensor_inputs: which of "latents" and "tokens" the callback gets.
             compile_decoding: LlamaGen: run the per-token step under torch.compile (CUDA graphs on GPU); the first
                 call compiles, later calls reuse it, and the tokens are those of the eager path.
             scales: VAR / FlexVAR: the scale schedule (sides of the token maps, increasing from 1); default the
@@ -274,6 +365,7 @@ class STARPipeline(DiffusionPipeline):
             more_smooth: VAR: feed Gumbel-softmax-smoothed code vectors forward (VAR's option for visualisation).
             prologue_tokens: Prologue: prologue codes [B, P] to keep (e.g. `out.prologue_tokens` of an earlier call):
                 only the visual tokens are sampled, which keeps class, layout and palette and redraws the details.
+            num_images_per_label: the older name of `num_images_per_prompt`.
 
         Examples:
         ```py
@@ -289,10 +381,10 @@ class STARPipeline(DiffusionPipeline):
         ```
         """
         # 1. Check inputs
-        ids, options = self.check_inputs(
-            class_labels, num_images_per_label, guidance_scale, temperature, top_k, top_p, generator, output_type,
-            callback_on_step_end_tensor_inputs, cfg_interval=cfg_interval, compile_decoding=compile_decoding,
-            scales=scales, more_smooth=more_smooth, prologue_tokens=prologue_tokens,
+        ids, images_per_label, options = self.check_inputs(
+            class_labels, num_images_per_prompt, guidance_scale, temperature, top_k, top_p, generator, output_type,
+            callback_on_step_end_tensor_inputs, num_images_per_label, cfg_interval=cfg_interval,
+            compile_decoding=compile_decoding, scales=scales, more_smooth=more_smooth, prologue_tokens=prologue_tokens,
         )
         # 2. Define call parameters
         device = self._execution_device
@@ -302,85 +394,136 @@ class STARPipeline(DiffusionPipeline):
         if temperature is None:
             unguided = family.guidance_scale is None and guidance_scale == 1.0
             temperature = tuple(self.transformer.config.no_guidance_temperature) if unguided else 1.0
+        self._guidance_scale = guidance_scale
+        self._num_timesteps = family.decoding.num_steps(self.transformer, **options)
+        self._interrupt = False
         # 3. Prepare conditioning (the null class for CFG is added by the decoding loop)
-        class_ids = torch.tensor(ids, device=device).repeat_interleave(num_images_per_label)
+        class_ids = torch.tensor(ids, device=device).repeat_interleave(images_per_label)
 
         # 4. Generate tokens
-        with self.progress_bar(total=family.decoding.num_steps(self.transformer, **options)) as progress_bar:
+        with self.progress_bar(total=self.num_timesteps) as progress_bar:
 
             def on_step(step, tokens):
                 progress_bar.update()
                 if callback_on_step_end is None:
                     return None
-                callback_kwargs = {"tokens": tokens} if "tokens" in callback_on_step_end_tensor_inputs else {}
+                given = {"tokens": tokens}
+                if "latents" in callback_on_step_end_tensor_inputs:
+                    given["latents"] = family.decoding.latents(tokens)
+                callback_kwargs = {name: given[name] for name in callback_on_step_end_tensor_inputs}
                 outputs = callback_on_step_end(self, step, step, callback_kwargs) or {}
-                return outputs.get("tokens")
+                if outputs.get("latents", given.get("latents")) is not given.get("latents"):
+                    return family.decoding.tokens_from_latents(outputs["latents"], tokens)
+                return None if outputs.get("tokens") is tokens else outputs.get("tokens")
 
-            tokens, latents = family.decoding.generate_tokens(
+            tokens, extra = family.decoding.generate_tokens(  # extra: VAR's latent f_hat, Prologue's prologue codes
                 self.transformer, self.vqvae, class_ids, guidance_scale=guidance_scale, temperature=temperature,
-                top_k=top_k, top_p=top_p, generator=generator, callback=on_step, **options,
+                top_k=top_k, top_p=top_p, generator=generator, callback=on_step, control=self, **options,
             )
 
         # 5. Decode tokens with the tokenizer, 6. post-process and offload
-        images = None
-        if output_type != "latent":
-            pixels = family.decoding.decode_tokens(self.vqvae, tokens, latents)  # [B, 3, H, W] in [-1, 1]
+        if self.interrupt:
+            images = None  # part of the tokens: no image
+        elif output_type == "latent":
+            images = family.decoding.latents(tokens)
+        else:
+            pixels = family.decoding.decode_tokens(self.vqvae, tokens, extra)  # [B, 3, H, W] in [-1, 1]
             images = self.image_processor.postprocess(pixels.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, tokens
         return STARPipelineOutput(images=images, tokens=tokens,
-                                  prologue_tokens=latents if self.transformer.config.model_type == "prologue" else None)
+                                  prologue_tokens=extra if self.transformer.config.model_type == "prologue" else None)
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:
-        """Hub repo id -> local snapshot. diffusers' own download refuses component classes from outside diffusers
-        and transformers, so the repo is fetched with `snapshot_download` (the HF cache serves it offline)."""
+        """Hub repo id -> local snapshot of its configs, weights and card (not its code, which this package's classes
+        replace; the HF cache serves it offline). Reads the `DOWNLOAD_ARGUMENTS` of kwargs."""
         return snapshot_download(
             pretrained_model_name,
-            cache_dir=kwargs.get("cache_dir"),
-            revision=kwargs.get("revision"),
-            token=kwargs.get("token"),
-            force_download=kwargs.get("force_download", False),
-            local_files_only=kwargs.get("local_files_only", False),
-            allow_patterns=["*.json", "*.safetensors", "*.py", "*.md"],
+            **{name: kwargs[name] for name in DOWNLOAD_ARGUMENTS if name in kwargs},
+            allow_patterns=["*.json", "*.safetensors", "*.md"],
             ignore_patterns=["checkpoints/*"],  # training state pushed with `st-ar push --include-checkpoints`
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, remote_code: bool = False, push_to_hub: bool = False,
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Loads a saved pipeline (a folder, or a Hub repo id) with this class and the package's model classes: the
+        code that a folder carries for remote use is never run (`DiffusionPipeline.from_pretrained(...,
+        trust_remote_code=True)` runs it, and needs no package).
+
+        Keyword arguments: components by name (used as given); `dtype` (or diffusers' older `torch_dtype`: one dtype,
+        or a dict by component name with a "default"), `variant` and `device_map` for each component's
+        `from_pretrained`; `id2label` to replace the saved class names; `cache_dir`, `revision`, `token`,
+        `force_download` and `local_files_only` for the download."""
+        unknown = set(kwargs) - {"transformer", "vqvae", "dtype", "torch_dtype", "variant", "device_map", "id2label",
+                                 *DOWNLOAD_ARGUMENTS}
+        if unknown:
+            raise ValueError(f"STARPipeline.from_pretrained got unexpected keyword arguments {sorted(unknown)}")
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            folder = Path(cls.download(str(pretrained_model_name_or_path), **kwargs))
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        components = {}
+        for name in ("transformer", "vqvae"):
+            component_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
+            components[name] = kwargs[name] if name in kwargs else AutoModel.from_pretrained(
+                folder / name, dtype=component_dtype, variant=kwargs.get("variant"), device_map=kwargs.get("device_map"))
+        pipeline = cls(**components, id2label=kwargs.get("id2label", cls.load_config(folder).get("id2label")))
+        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipeline
+
+    def save_pretrained(self, save_directory: str | os.PathLike, remote_code: bool = True, push_to_hub: bool = False,
                         **kwargs):
-        """Writes model_index.json, the components as safetensors, and a model card. With `remote_code`, also the
-        pipeline code at the root and `model_index.json` entries pointing at the code files, so that
-        `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)` works without st_ar_hf installed. With
-        `push_to_hub` (`repo_id`, `commit_message`, `private` in kwargs), the folder is then uploaded with this card
-        (diffusers' own push would replace it with a generic one)."""
+        """Writes model_index.json, the components as safetensors, and a model card (with the package installed).
+
+        With `remote_code` (the default), the folder also carries its code, so that
+        `DiffusionPipeline.from_pretrained(folder or repo id, trust_remote_code=True)` loads it without this package:
+        this file and the modules it imports at the root, and in each component's folder one file with the
+        component's configuration and model, the only code file diffusers fetches of a component. A pipeline loaded
+        that way saves its code again. With `push_to_hub` (`repo_id`, `commit_message`, `private` in kwargs), the
+        folder is then uploaded with its card in one commit, the card's snippet loading `repo_id`."""
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)
         if remote_code:
-            for source in PIPELINE_CODE:
-                shutil.copyfile(source, save_directory / source.name)
-            index_file = save_directory / "model_index.json"
-            index = json.loads(index_file.read_text())
-            index["_class_name"] = [Path(__file__).stem, type(self).__name__]
-            for name in ("transformer", "vqvae"):
-                module = type(getattr(self, name)).__module__.rsplit(".", 1)[-1]
-                if not (save_directory / name / f"{module}.py").is_file():
-                    raise ValueError(f"{name} was saved without its code ({module}.py): register it for auto classes")
-                index[name] = [module, type(getattr(self, name)).__name__]
-            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            self._save_code(save_directory)
         try:  # the card templates ship with the package, not with a remote-code copy of this file
             from st_ar_hf.model_cards import pipeline_model_card
-        except ImportError:
-            return
-        pipeline_model_card(self, remote_code=remote_code).save(save_directory / "README.md")
-        if push_to_hub:
-            from st_ar_hf.hub import upload_folder
 
-            return upload_folder(kwargs.get("repo_id", save_directory.name), save_directory,
-                                 kwargs.get("commit_message") or "Upload STARPipeline", kwargs.get("private") or False)
+            pipeline_model_card(self, remote_code, repo_id=kwargs.get("repo_id")).save(save_directory / "README.md")
+        except ImportError:
+            pass
+        if push_to_hub:
+            api = HfApi()
+            repo_id = kwargs.get("repo_id", save_directory.name)
+            api.create_repo(repo_id, private=kwargs.get("private") or False, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=save_directory,
+                                     commit_message=kwargs.get("commit_message") or "Upload STARPipeline")
+
+    def _save_code(self, save_directory: Path) -> None:
+        """The code of a remote-code folder, with model_index.json and each component's `auto_map` pointing at it."""
+        for source in module_with_imports(Path(__file__)):
+            (save_directory / source.name).write_text(source.read_text())
+        index_file = save_directory / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index["_class_name"] = [Path(__file__).stem, type(self).__name__]
+        for name in ("transformer", "vqvae"):
+            model_class = type(getattr(self, name))
+            source = Path(inspect.getsourcefile(model_class))
+            folder = save_directory / name
+            for stale in folder.glob("*.py"):  # the several files transformers copies for an auto class
+                stale.unlink()
+            (folder / source.name).write_text(single_file_module(source))
+            config_file = folder / "config.json"
+            config = json.loads(config_file.read_text())
+            config["auto_map"] = {"AutoConfig": f"{source.stem}.{type(getattr(self, name).config).__name__}",
+                                  "AutoModel": f"{source.stem}.{model_class.__name__}"}
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            index[name] = [source.stem, model_class.__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    remote_code: bool = False, **kwargs):
+                    remote_code: bool = True, **kwargs):
         """Uploads the pipeline with its card in one commit (through a temporary `save_pretrained`); returns the
         `CommitInfo`. `st-ar push` publishes a training run the same way, with its training and evaluation facts."""
         with tempfile.TemporaryDirectory() as folder:

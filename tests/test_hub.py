@@ -85,7 +85,7 @@ def test_push_uploads_pipeline_card_and_eval_results_but_not_checkpoints(run_dir
         assert "ST-AR self-guided training" in card.content
 
         snippet = _python_block(card.content)  # run as written: it names the repo id, served by the loopback hub
-        assert 'STARPipeline.from_pretrained("org/st-ar-tiny")' in snippet
+        assert 'DiffusionPipeline.from_pretrained("org/st-ar-tiny", trust_remote_code=True)' in snippet
         pull = _subprocess(["-c", snippet + (
             "pipe.set_progress_bar_config(disable=True)\n"
             "out = pipe([3, 'jay'], output_type='latent', generator=torch.Generator().manual_seed(5))\n"

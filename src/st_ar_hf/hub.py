@@ -156,8 +156,8 @@ def render_card(folder: Path, kind: str, training: dict | None, evaluation: list
     base_model = base_model or (ModelCard.load(card_file).data.base_model if card_file.is_file() else None)
     if kind == "tokenizer":
         return tokenizer_model_card(LlamaGenVQVAE.from_pretrained(folder), training, evaluation, repo_id, base_model)
-    remote_code = (folder / "pipeline_star.py").is_file()  # saved with remote_code=True: the folder's own copy loads
-    pipeline = STARPipeline.from_pretrained(folder, trust_remote_code=remote_code)
+    remote_code = (folder / "pipeline_star.py").is_file()  # the card says how to load it without the package
+    pipeline = STARPipeline.from_pretrained(folder)  # the package's code: pushing never runs the folder's
     return pipeline_model_card(pipeline, remote_code, training, evaluation, repo_id, base_model)
 
 

@@ -234,7 +234,7 @@ def export_pipeline(args, accelerator, model, vqvae, id2label: dict, directory: 
         shutil.rmtree(partial, ignore_errors=True)
         pipe.save_pretrained(partial)  # diffusers writes no card; ours replaces the plain one with training facts
         repo_id = uploader.repo_id if uploader is not None else None  # the card's usage snippet loads it
-        pipeline_model_card(pipe, remote_code=False, training=summary, repo_id=repo_id).save(partial / "README.md")
+        pipeline_model_card(pipe, remote_code=True, training=summary, repo_id=repo_id).save(partial / "README.md")
         (partial / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)
