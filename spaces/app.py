@@ -11,9 +11,7 @@ import os
 
 import gradio as gr
 import torch
-
-from st_ar_hf import STARPipeline
-from st_ar_hf.hub import load_star_pipeline
+from diffusers import DiffusionPipeline
 
 DEFAULT_MODEL = "org/st-ar-b-256"  # the `models:` entry of this Space's README.md
 MODEL_ID = os.environ.get("STAR_MODEL", DEFAULT_MODEL)
@@ -29,13 +27,17 @@ TOP_P_RANGE = (0.05, 1.0)
 
 
 @functools.lru_cache(maxsize=2)
-def load_pipeline(model_id: str) -> STARPipeline:
-    """The pipeline of `model_id` on the GPU in bf16 when there is one, else on the CPU in fp32; loaded once."""
-    try:  # checks that the folder or repo exists and holds a STARPipeline
-        pipe = load_star_pipeline(model_id)
-    except Exception as error:  # also no network, a corrupt download, ...
+def load_pipeline(model_id: str) -> DiffusionPipeline:
+    """The STARPipeline of `model_id`, with the code its repo or folder carries (the Space installs no package of
+    ours; the Space's owner chooses the model, so its code is trusted), on the GPU in bf16 when there is one, else on
+    the CPU in fp32; loaded once."""
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model_id, trust_remote_code=True)
+    except Exception as error:  # no such folder or repo, no network, a corrupt download, ...
         raise ValueError(f"cannot load a STARPipeline from {model_id!r} (a Hub repo id or a local pipeline "
                          f"directory): {type(error).__name__}: {error}") from error
+    if type(pipe).__name__ != "STARPipeline":
+        raise ValueError(f"cannot load a STARPipeline from {model_id!r}: it holds a {type(pipe).__name__}")
     if torch.cuda.is_available():
         pipe.to("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
     elif pipe.transformer.config.model_type == "llamagen":
@@ -44,7 +46,7 @@ def load_pipeline(model_id: str) -> STARPipeline:
     return pipe
 
 
-def class_choices(pipe: STARPipeline) -> list[tuple[str, int]]:
+def class_choices(pipe: DiffusionPipeline) -> list[tuple[str, int]]:
     """("name, synonyms (id)", id) for every class the model knows, from its own `id2label`."""
     num_classes = pipe.transformer.config.num_classes
     return [(f"{name} ({i})", i) for i, name in sorted(pipe.id2label.items()) if i < num_classes]
@@ -59,7 +61,7 @@ def _check_number(name: str, value, low, high, integer: bool = False):
     return int(value) if integer else float(value)
 
 
-def _guidance(pipe: STARPipeline, guidance_scale: float):
+def _guidance(pipe: DiffusionPipeline, guidance_scale: float):
     """The slider's scale as the model takes it: Prologue's split CFG keeps its prologue scale and power from the
     model's default and takes the slider as the visual scale."""
     default = pipe.default_guidance_scale()
