@@ -246,7 +246,7 @@ def _convert(args) -> str:
         pipe = STARPipeline(transformer=model, vqvae=vqvae)
         pipe.check_components()
         pipe.save_pretrained(args.output_dir)
-        card = pipeline_model_card(pipe, remote_code=False, base_model=converted_base_model(args.kind))
+        card = pipeline_model_card(pipe, remote_code=True, base_model=converted_base_model(args.kind))
         card.save(Path(args.output_dir) / "README.md")  # names the original weights, which `st-ar push` keeps
         written = f"a STARPipeline of {written} and {type(vqvae).__name__}"
     return f"wrote {written} to {args.output_dir}"
