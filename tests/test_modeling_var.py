@@ -104,6 +104,30 @@ def test_scales_see_only_coarser_scales_and_themselves(tiny_var, tiny_var_vqvae)
     assert (other[0] - before[0]).abs().min() > 0 and torch.equal(other[1], before[1])
 
 
+def test_eager_attention_weights_are_block_causal(tiny_var, tiny_var_vqvae):
+    tiny_var.set_attn_implementation("eager")
+    inputs = tiny_var_vqvae.scale_inputs(random_maps(2, TINY_SCALES))
+    with torch.no_grad():
+        out = tiny_var(torch.tensor([1, 2]), inputs, output_attentions=True)
+        tiny_var.config.output_attentions = True  # the config's flag when the argument is None
+        from_config = tiny_var(torch.tensor([1, 2]), inputs)
+    levels = torch.tensor([0] + [1] * 4 + [2] * 16)
+    hidden = levels[None, :] > levels[:, None]  # [21, 21]: key j is on a finer scale than query i
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 21, 21)
+    for weights, again in zip(out.attentions, from_config.attentions):
+        assert torch.equal(weights, again) and weights[..., hidden].abs().max() == 0
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 21))
+
+
+@pytest.mark.parametrize("family", ["var", "flexvar"])
+def test_torch_export_gives_the_eager_logits(family, tiny_var, tiny_flexvar):
+    model = tiny_var if family == "var" else tiny_flexvar
+    labels, inputs = torch.tensor([3, 10]), torch.randn(2, 20, 8, generator=torch.Generator().manual_seed(0))
+    program = torch.export.export(model, (labels, inputs))  # the block-causal mask is built without data branches
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(labels, inputs).logits, model(labels, inputs).logits)
+
+
 def test_labels_give_the_mean_cross_entropy_over_all_scales(tiny_flexvar, tiny_flexvae):
     labels, maps = torch.tensor([1, 2]), random_maps(2, TINY_SCALES)
     out = tiny_flexvar(labels, teacher_forcing_inputs(tiny_flexvar, tiny_flexvae, maps),
@@ -213,6 +237,20 @@ def test_var_vqvae_forward_gives_reconstruction_and_vq_loss(tiny_var_vqvae):
     out.vq_loss.backward()
     assert tiny_var_vqvae.quantize.embedding.weight.grad.abs().sum() > 0  # codes pulled towards the latents
     assert tiny_var_vqvae.encoder.conv_in.weight.grad.abs().sum() > 0  # the encoder commits
+
+
+def test_var_vqvae_hidden_states_are_the_latents_and_f_hat_after_each_scale(tiny_var_vqvae):
+    pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        out = tiny_var_vqvae(pixels, output_hidden_states=True)
+        latents = tiny_var_vqvae.quant_conv(tiny_var_vqvae.encoder(pixels))
+        tiny_var_vqvae.config.output_hidden_states = True  # the config's flag when the argument is None
+        as_tuple = tiny_var_vqvae(pixels, return_dict=False)
+        assert len(out.hidden_states) == 4 and all(h.shape == (2, 8, 4, 4) for h in out.hidden_states)
+        assert torch.equal(out.hidden_states[0], latents)
+        decoded = tiny_var_vqvae.decode_latents(out.hidden_states[-1])  # f_hat after the last scale: the codes' image
+        torch.testing.assert_close(decoded, tiny_var_vqvae.decode(out.indices))
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 4 and torch.equal(as_tuple[3][2], out.hidden_states[2])
 
 
 def test_flexvar_tokenizer_quantises_each_scale_on_its_own(tiny_flexvae):

@@ -76,8 +76,10 @@ class VARAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, _ = attention_interface(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling)
-        return self.o_proj(attn_output.reshape(batch, seq_len, -1))  # attn_output [B, T, H, D]
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling
+        )  # [B, T, H, D], and [B, H, T, S] from eager attention (None from the others)
+        return self.o_proj(attn_output.reshape(batch, seq_len, -1)), attn_weights
 
 
 class VARMLP(nn.Module):
@@ -116,10 +118,10 @@ class VARDecoderLayer(GradientCheckpointingLayer):
     def forward(self, hidden_states, modulation, attention_mask=None, past_key_values=None):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unbind(2)  # [B, 1, C] each
         attn_input = self.norm(hidden_states).mul(scale1.add(1)).add_(shift1)
-        attn_output = self.self_attn(attn_input, attention_mask, past_key_values)
+        attn_output, attn_weights = self.self_attn(attn_input, attention_mask, past_key_values)
         hidden_states = hidden_states + drop_path(attn_output.mul_(gamma1), self.drop_path_rate, self.training)
         mlp_output = self.mlp(self.norm(hidden_states).mul(scale2.add(1)).add_(shift2))
-        return hidden_states + drop_path(mlp_output.mul(gamma2), self.drop_path_rate, self.training)
+        return hidden_states + drop_path(mlp_output.mul(gamma2), self.drop_path_rate, self.training), attn_weights
 
 
 class VARAdaLNBeforeHead(nn.Module):
@@ -163,6 +165,7 @@ class VARPreTrainedModel(PreTrainedModel):
     base_model_prefix = "var"
     input_modalities = ("image",)
     main_input_name = "class_labels"
+    _input_embed_layer = "embed_classes"  # the main input's embedding (code vectors enter through `embed_codes`)
     supports_gradient_checkpointing = True
     _no_split_modules = ["VARDecoderLayer"]
     _supports_sdpa = True
@@ -262,14 +265,15 @@ class VARPreTrainedModel(PreTrainedModel):
                              f"{tuple(labels.shape)}")
         return new_length
 
-    def _block_causal_mask(self, scales, past_length: int, new_length: int, dtype, device) -> torch.Tensor | None:
-        """Additive mask [1, 1, T, S] letting position i see position j iff scale(j) <= scale(i); None when the new
-        positions lie in one scale (they see every cached position and each other)."""
-        levels = scale_levels(scales)
-        queries, keys = levels[past_length : past_length + new_length], levels[: past_length + new_length]
-        if queries[0] == queries[-1]:
+    def _block_causal_mask(self, scales, first: int, end: int, dtype, device) -> torch.Tensor | None:
+        """Additive mask [1, 1, T, S] over the new positions, those of scales[first:end], letting position i see
+        position j iff scale(j) <= scale(i); None when they lie in one scale (they see every cached position and each
+        other)."""
+        if end - first == 1:
             return None
-        allowed = (keys[None, :] <= queries[:, None]).to(device)
+        levels = scale_levels(scales[:end], device)
+        queries, keys = levels[sum(side * side for side in scales[:first]) :], levels  # [T], [S]
+        allowed = keys[None, :] <= queries[:, None]
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
     def forward(
@@ -283,6 +287,7 @@ class VARPreTrainedModel(PreTrainedModel):
         conditioning: VARConditioning | None = None,
         with_start_embedding: bool = True,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -300,11 +305,14 @@ class VARPreTrainedModel(PreTrainedModel):
             with_start_embedding: False makes the first position the class embedding alone (plus its position), as in
                 SAR's student-forcing pass over a `[1, s]` schedule.
             output_hidden_states: also return the embeddings and the output of every block, each [B, T, C].
+            output_attentions: also return the attention weights of every block, each [B, H, T, S] (eager attention
+                only; other implementations give None).
 
         Returns logits [B, T, vocab_size] (float32) for the new positions.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         scales = check_scale_schedule(self.config.patch_nums if scales is None else scales, "scales")
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
@@ -318,22 +326,26 @@ class VARPreTrainedModel(PreTrainedModel):
         if scale_inputs is not None:
             embeddings.append(self.embed_codes(scale_inputs.to(self.embed_codes.weight.dtype)))
         starts = [sum(side * side for side in scales[:k]) for k in range(len(scales) + 1)]  # first position of scale k
-        positions = self.scale_positions(scales, starts.index(past_length), starts.index(past_length + new_length))
-        hidden_states = torch.cat(embeddings, dim=1) + positions  # [B, T, C]
-        attention_mask = self._block_causal_mask(scales, past_length, new_length, hidden_states.dtype, hidden_states.device)
+        first, end = starts.index(past_length), starts.index(past_length + new_length)  # the new scales
+        hidden_states = torch.cat(embeddings, dim=1) + self.scale_positions(scales, first, end)  # [B, T, C]
+        attention_mask = self._block_causal_mask(scales, first, end, hidden_states.dtype, hidden_states.device)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer, modulation in zip(self.layers, conditioning.layer_modulations):
-            hidden_states = layer(hidden_states, modulation, attention_mask=attention_mask, past_key_values=past_key_values)
+            hidden_states, attn_weights = layer(hidden_states, modulation, attention_mask=attention_mask,
+                                                past_key_values=past_key_values)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
         logits = self.lm_head(self.head_norm(hidden_states, conditioning.head_modulation)).float()  # [B, T, V]
 
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         # the cache field is positional: transformers renamed it from `past_key_values` to `cache` in 5.2x
-        output = CausalLMOutputWithPast(loss, logits, past_key_values, all_hidden_states)
+        output = CausalLMOutputWithPast(loss, logits, past_key_values, all_hidden_states, all_attentions)
         return output if return_dict else output.to_tuple()
 
 

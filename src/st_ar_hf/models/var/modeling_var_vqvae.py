@@ -30,11 +30,14 @@ class VARVQVAEOutput(ModelOutput):
     reconstruction: decoded pixels [B, 3, H, W] of the straight-through `f_hat` (not clamped).
     vq_loss: VAR's loss, averaged over scales: mean ||f_hat_k - f||^2 (to the codes) + beta * the same to the encoder.
     indices: code ids of each scale, a list of [B, s_k, s_k].
+    hidden_states: with `output_hidden_states`, the encoder's latents f and the reconstruction f_hat after each scale,
+        each [B, C, s, s] (C the codebook width, s the latent grid).
     """
 
     reconstruction: torch.FloatTensor | None = None
     vq_loss: torch.FloatTensor | None = None
     indices: list[torch.LongTensor] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class VARPhi(nn.Conv2d):
@@ -213,8 +216,12 @@ class VARVQVAE(PreTrainedModel):
             f_hat = term if f_hat is None else f_hat + term
         return self.decode_latents(f_hat)
 
-    def forward(self, pixel_values: torch.FloatTensor) -> VARVQVAEOutput:
-        """Reconstruction through the straight-through f_hat and VAR's VQ loss (used to train the tokenizer)."""
+    def forward(self, pixel_values: torch.FloatTensor, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None) -> VARVQVAEOutput:
+        """Reconstruction through the straight-through f_hat and VAR's VQ loss (used to train the tokenizer);
+        `output_hidden_states` adds the latents and f_hat after each scale."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         latents = self._latents(pixel_values)
         scales = self._schedule(None, latents.shape[-1])
         indices, f_hat, f_hats = self._quantize_residual(latents, scales)
@@ -223,8 +230,9 @@ class VARVQVAE(PreTrainedModel):
         vq_loss = sum(F.mse_loss(f, target) + self.config.commit_loss_beta * F.mse_loss(f.detach(), latents)
                       for f in f_hats) / len(scales)
         quantized = f_hat.detach() - target + latents  # straight-through to the encoder
-        return VARVQVAEOutput(reconstruction=self.decoder(self.post_quant_conv(quantized)), vq_loss=vq_loss,
-                              indices=indices)
+        output = VARVQVAEOutput(reconstruction=self.decoder(self.post_quant_conv(quantized)), vq_loss=vq_loss,
+                                indices=indices, hidden_states=(latents, *f_hats) if output_hidden_states else None)
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["VARVQVAE", "VARVQVAEOutput"]
