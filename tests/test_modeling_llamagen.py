@@ -125,6 +125,36 @@ def test_eager_and_sdpa_attention_agree(tiny_gpt):
     assert torch.allclose(eager(tokens, class_labels).logits, tiny_gpt(tokens, class_labels).logits, atol=1e-5)
 
 
+def test_attention_weights_requested_under_sdpa_come_from_eager_attention(tiny_gpt):
+    """SDPA computes no weights: a call that asks for them runs eager attention (by argument, or by config)."""
+    config = copy.deepcopy(tiny_gpt.config)
+    eager = LlamaGenForImageGeneration._from_config(config, attn_implementation="eager").eval()
+    eager.load_state_dict(tiny_gpt.state_dict())
+    tokens, class_labels = _inputs(tiny_gpt.config)
+    out = tiny_gpt(tokens, class_labels, output_attentions=True)
+    seq = tiny_gpt.config.cls_token_num + tokens.shape[1]
+    assert [a.shape for a in out.attentions] == [(3, 4, seq, seq)] * tiny_gpt.config.num_hidden_layers
+    assert torch.allclose(out.logits, tiny_gpt(tokens, class_labels).logits, atol=1e-5)
+    eager.config.output_attentions = True
+    for ours, reference in zip(out.attentions, eager(tokens, class_labels).attentions, strict=True):
+        assert torch.allclose(ours, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_query_hidden_from_every_key_gets_finite_logits(tiny_gpt, dtype):
+    """The additive mask stays finite (finfo.min, as transformers' masks), whatever the bias: under eager attention
+    (SDPA's kernel has its own safe softmax), -inf or float32's min (-inf in bfloat16) over a whole row gives it a
+    uniform softmax rather than NaN."""
+    model = LlamaGenForImageGeneration._from_config(copy.deepcopy(tiny_gpt.config), attn_implementation="eager")
+    model.load_state_dict(tiny_gpt.state_dict())
+    model = model.eval().to(dtype)
+    tokens, class_labels = _inputs(model.config)
+    seq = model.config.cls_token_num + tokens.shape[1]
+    bias = torch.zeros(3, 1, seq, seq)
+    bias[:, :, 5], bias[:, :, 9] = float("-inf"), torch.finfo(torch.float32).min
+    assert torch.isfinite(model(tokens, class_labels, attention_bias=bias).logits).all()
+
+
 def test_attention_bias_masks_keys_for_later_queries_only(tiny_gpt):
     tokens, class_labels = _inputs(tiny_gpt.config)
     seq = tiny_gpt.config.cls_token_num + tokens.shape[1]

@@ -79,6 +79,20 @@ def test_decode_rejects_bad_indices(tiny_vq, indices, message):
         tiny_vq.decode(indices)
 
 
+def test_hidden_states_are_the_encoder_then_the_decoder_feature_maps(tiny_vq):
+    with torch.no_grad():
+        out = tiny_vq(_pixels(), output_hidden_states=True)
+        encoded = tiny_vq.encode(_pixels(), output_hidden_states=True)
+        as_tuple = tiny_vq(_pixels(), return_dict=False)
+    # encoder: into level 0, out of levels 0 and 1 and the mid block; decoder: out of the mid block, levels 0 and 1
+    assert [tuple(h.shape[1:]) for h in out.hidden_states] == [
+        (32, 32, 32), (32, 16, 16), (64, 16, 16), (64, 16, 16), (64, 16, 16), (64, 32, 32), (32, 32, 32)]
+    for ours, encoder_map in zip(out.hidden_states, encoded.hidden_states, strict=False):
+        assert torch.equal(ours, encoder_map)
+    assert len(encoded.hidden_states) == 4 and tiny_vq(_pixels()).hidden_states is None
+    assert torch.equal(as_tuple[0], out.reconstruction) and torch.equal(as_tuple[-1], out.indices)
+
+
 def test_save_pretrained_round_trip(tiny_vq, tmp_path):
     tiny_vq.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()

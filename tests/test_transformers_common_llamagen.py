@@ -40,13 +40,25 @@ class LlamaGenForImageGenerationTest(ModelTesterMixin, unittest.TestCase):
 
     def setUp(self):
         self.model_tester = LlamaGenModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=LlamaGenConfig, hidden_size=32)
+        self.config_tester = ConfigTester(self, config_class=LlamaGenConfig, hidden_size=32, num_attention_heads=4)
+
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        """The mixin's, plus the `labels` [B, seq_length] that it builds for the causal LMs it knows (zeros): the image
+        tokens whose next-token loss the training tests backpropagate."""
+        inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels)
+        if return_labels:
+            inputs_dict["labels"] = torch.zeros(self.model_tester.batch_size, self.model_tester.seq_length, dtype=torch.long)
+        return inputs_dict
 
     def test_config(self):
         self.config_tester.run_common_tests()
 
 
 class LlamaGenVQVAEModelTester:
+    # [C, H, W] of the feature maps: the encoder's (into level 0, out of levels 0 and 1 and the mid block), then the
+    # decoder's (out of the mid block and levels 0 and 1)
+    hidden_state_shapes = [[32, 16, 16], [32, 8, 8], [64, 8, 8], [64, 8, 8], [64, 8, 8], [64, 16, 16], [32, 16, 16]]
+
     def __init__(self, parent, batch_size=2, image_size=16):
         self.parent, self.batch_size, self.image_size = parent, batch_size, image_size
         self.is_training = True
@@ -71,3 +83,29 @@ class LlamaGenVQVAETest(ModelTesterMixin, unittest.TestCase):
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    def test_hidden_states_output(self):
+        """The mixin's test, asked by argument and then by config, with the [C, H, W] of the conv feature maps in
+        place of its [seq_len, hidden] (as transformers' own tests of conv models do)."""
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        for by_config in (False, True):
+            config.output_hidden_states = by_config
+            model = LlamaGenVQVAE(config).eval()
+            with torch.no_grad():
+                outputs = model(**inputs_dict, **({} if by_config else {"output_hidden_states": True}))
+            self.assertEqual([list(h.shape[1:]) for h in outputs.hidden_states], self.model_tester.hidden_state_shapes)
+
+    @unittest.skip(reason="pixels in: the VQ autoencoder has no token embeddings (its codebook is looked up by "
+                          "decode's code ids, not by an input sequence of forward)")
+    def test_model_get_set_embeddings(self):
+        pass
+
+    @unittest.skip(reason="pixels in: the VQ autoencoder has no token embeddings to resize")
+    def test_resize_tokens_embeddings(self):
+        pass
+
+    @unittest.skip(reason="forward returns the quantizer's loss terms, not one `loss`: the tokenizer's training loss "
+                          "adds reconstruction, perceptual and adversarial terms outside the model "
+                          "(training/train_tokenizer.py)")
+    def test_training(self):
+        pass

@@ -114,7 +114,8 @@ class LlamaGenAttention(nn.Module):
         self.o_proj = LlamaGenLinear(config.hidden_size, config.hidden_size)
         self.resid_dropout = nn.Dropout(config.residual_dropout)
 
-    def forward(self, hidden_states, rotation, attention_mask, past_key_values: Cache | None = None, num_keys=None):
+    def forward(self, hidden_states, rotation, attention_mask, past_key_values: Cache | None = None, num_keys=None,
+                output_attentions=False):
         batch, seq_len, _ = hidden_states.shape
         kv_dim = self.num_key_value_heads * self.head_dim
         qk, v = self.qkv_proj(hidden_states).split([self.config.hidden_size + kv_dim, kv_dim], dim=-1)
@@ -126,6 +127,8 @@ class LlamaGenAttention(nn.Module):
         if num_keys is not None:  # a CPU decoding step: its one query over the filled keys, where matmul + softmax
             k, v = k[:, :, :num_keys], v[:, :, :num_keys]  # beats the CPU SDPA kernel
             attention_interface: Callable = eager_attention_forward
+        elif output_attentions:  # the weights exist in eager attention only: the other implementations revert to it
+            attention_interface = eager_attention_forward
         else:
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
@@ -157,9 +160,10 @@ class LlamaGenDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = LlamaGenRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaGenMLP(config)
 
-    def forward(self, hidden_states, rotation, attention_mask=None, past_key_values=None, num_keys=None):
+    def forward(self, hidden_states, rotation, attention_mask=None, past_key_values=None, num_keys=None,
+                output_attentions=False):
         attn_output, attn_weights = self.self_attn(
-            self.input_layernorm(hidden_states), rotation, attention_mask, past_key_values, num_keys
+            self.input_layernorm(hidden_states), rotation, attention_mask, past_key_values, num_keys, output_attentions
         )
         hidden_states = hidden_states + attn_output
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights
@@ -269,7 +273,7 @@ class LlamaGenForImageGeneration(PreTrainedModel):
         use_cache: bool = False,
         cache_position: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
     ) -> CausalLMOutputWithPast:
@@ -279,19 +283,25 @@ class LlamaGenForImageGeneration(PreTrainedModel):
             class_labels: [B] ids in [0, num_classes], `num_classes` being the null class; when given, the class
                 token(s) are prepended. Leave it out to continue a cached sequence.
             labels: [B, L] image tokens; the mean next-token cross-entropy of `logits[:, cls_token_num - 1:][:, :L]`.
-            attention_bias: additive float bias [B, 1, T, S] over the S = cached + T keys, added to the causal mask
-                (0 keeps a key, -inf drops it). ST-AR's masked-attention objective drops random keys this way;
-                keep each query's own position open so no row is empty.
+            attention_bias: additive float bias [B, 1, T, S] over the S = cached + T keys where the causal rule
+                allows them (0 keeps a key, -inf or `torch.finfo(dtype).min` drops it; the mask stays finite).
+                ST-AR's masked-attention objective drops random keys this way; keep each query's own position open
+                so no row is empty.
             past_key_values / use_cache: a transformers `Cache` to read and extend (a `DynamicCache` is made when
                 `use_cache` is set and none is given).
             cache_position: [T] sequence positions of the new tokens; derived from the cache length when omitted.
             output_hidden_states: also return `hidden_states`: the embeddings and the output of every layer
-                (before the final norm), each [B, T, hidden].
+                (before the final norm), each [B, T, hidden]. None: `config.output_hidden_states`.
+            output_attentions: also return `attentions`: the attention weights of every layer, each [B, H, T, S].
+                They exist in eager attention only, which this call then runs whatever `config._attn_implementation`
+                is. None: `config.output_attentions`.
+            return_dict: a `CausalLMOutputWithPast` (True) or its tuple. None: `config.return_dict`.
             logits_to_keep: compute logits for the last `logits_to_keep` positions only (0: all), as in transformers;
                 a forward that only needs features (the EMA teacher) passes 1.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         past_length = past_key_values.get_seq_length() if past_key_values is not None and cache_position is None else 0
@@ -312,12 +322,16 @@ class LlamaGenForImageGeneration(PreTrainedModel):
         if cache_position is None:
             cache_position = torch.arange(past_length, past_length + seq_len, device=hidden_states.device)
         rotation = self.rotary_emb(cache_position)
-        attention_mask, num_keys = self._attention_mask(hidden_states, cache_position, past_key_values, attention_bias)
+        attention_mask, num_keys = self._attention_mask(
+            hidden_states, cache_position, past_key_values, attention_bias, output_attentions
+        )
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, rotation, attention_mask, past_key_values, num_keys)
+            hidden_states, attn_weights = layer(
+                hidden_states, rotation, attention_mask, past_key_values, num_keys, output_attentions
+            )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -334,18 +348,20 @@ class LlamaGenForImageGeneration(PreTrainedModel):
         output = CausalLMOutputWithPast(loss, logits, past_key_values, all_hidden_states, all_attentions)
         return output if return_dict else output.to_tuple()
 
-    def _attention_mask(self, hidden_states, cache_position, past_key_values, attention_bias):
+    def _attention_mask(self, hidden_states, cache_position, past_key_values, attention_bias, output_attentions):
         """(mask, num_keys) for the rule "query i sees key j iff j <= cache_position[i]", plus `attention_bias`.
 
-        - no cache and no bias, SDPA: (None, None), the kernel's own causal mask;
+        - no cache and no bias, SDPA without attention weights: (None, None), the kernel's own causal mask;
         - one new token on the CPU (a decoding step), no bias: (None, position + 1), the keys up to the token's
           position and no mask, attended with matmul + softmax whatever the configured implementation. A static
           cache returns all its slots; reading only the filled ones halves the attention's memory traffic over an
           image. Under torch.compile or on an accelerator, where the position must not be read on the host, the
           masked form below keeps the shapes static;
-        - otherwise an additive mask [B or 1, 1, T, S] over all S keys the cache returns (unfilled slots masked).
+        - otherwise an additive mask [B or 1, 1, T, S] over all S keys the cache returns (unfilled slots masked),
+          finite: `torch.finfo(dtype).min` where the causal rule hides a key, else the bias (0 without one).
         """
-        if past_key_values is None and attention_bias is None and self.config._attn_implementation != "eager":
+        if (past_key_values is None and attention_bias is None and not output_attentions
+                and self.config._attn_implementation != "eager"):
             return None, None
         if cache_position.shape[0] == 1 and attention_bias is None and _host_checkable(cache_position):
             return None, int(cache_position[0]) + 1
@@ -353,13 +369,14 @@ class LlamaGenForImageGeneration(PreTrainedModel):
         num_keys = seq_len if past_key_values is None else past_key_values.get_mask_sizes(seq_len, 0)[0]
         key_positions = torch.arange(num_keys, device=hidden_states.device)
         allowed = key_positions[None, :] <= cache_position[:, None]  # [T, S]
-        mask = torch.zeros(allowed.shape, dtype=hidden_states.dtype, device=hidden_states.device)
-        mask = mask.masked_fill(~allowed, torch.finfo(hidden_states.dtype).min)[None, None]
-        if attention_bias is not None:
-            if attention_bias.shape[-2:] != mask.shape[-2:]:
-                raise ValueError(f"attention_bias must end in [T, S] = {list(mask.shape[-2:])}, got {tuple(attention_bias.shape)}")
-            mask = mask + attention_bias.to(mask.dtype)
-        return mask, None
+        if attention_bias is None:
+            mask = torch.zeros(allowed.shape, dtype=hidden_states.dtype, device=hidden_states.device)[None, None]
+        elif attention_bias.shape[-2:] != allowed.shape:
+            raise ValueError(f"attention_bias must end in [T, S] = {list(allowed.shape)}, got {tuple(attention_bias.shape)}")
+        else:  # [B, 1, T, S] in the dtype's finite range (-inf, or float32's min cast to half precision, is not)
+            mask = attention_bias.to(hidden_states.dtype).clamp_min(torch.finfo(hidden_states.dtype).min)
+        # hidden keys filled, not added: finfo.min plus a bias of finfo.min would overflow to -inf
+        return mask.masked_fill(~allowed, torch.finfo(hidden_states.dtype).min), None
 
 
 __all__ = ["LlamaGenForImageGeneration", "apply_rotary_emb"]

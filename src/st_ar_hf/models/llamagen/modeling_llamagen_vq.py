@@ -23,11 +23,14 @@ class LlamaGenVQVAEEncoderOutput(ModelOutput):
     indices: code ids [B, h, w], row-major.
     quantized: code vectors [B, codebook_embed_dim, h, w] (straight-through: gradients reach the encoder).
     latents: encoder output after `quant_conv` (l2-normalised when the codebook is) [B, codebook_embed_dim, h, w].
+    hidden_states: with `output_hidden_states`, the encoder's feature maps [B, C, H', W']: the input of its first
+        level, the output of each level and of its mid block.
     """
 
     indices: torch.LongTensor | None = None
     quantized: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -38,6 +41,9 @@ class LlamaGenVQVAEOutput(ModelOutput):
     commitment_loss: commit_loss_beta * mean ||sg(q) - z||^2, pulls latents to their codes.
     entropy_loss: entropy_loss_ratio * (per-sample entropy - batch entropy) of the code assignment, 0 when disabled.
     indices: code ids [B, h, w].
+    hidden_states: with `output_hidden_states`, the feature maps [B, C, H', W'] in the order of computation: the
+        encoder's (the input of its first level, the output of each level and of its mid block), then the decoder's
+        (the output of its mid block, which is the input of its first level, and of each level).
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -45,6 +51,7 @@ class LlamaGenVQVAEOutput(ModelOutput):
     commitment_loss: torch.FloatTensor | None = None
     entropy_loss: torch.FloatTensor | None = None
     indices: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -150,11 +157,20 @@ class LlamaGenVQEncoder(nn.Module):
         self.norm_out = _group_norm(channels[-1])
         self.conv_out = nn.Conv2d(channels[-1], config.z_channels, 3, padding=1)
 
-    def forward(self, pixel_values):
+    def forward(self, pixel_values, hidden_states: list | None = None):
+        """pixels -> z [B, z_channels, h, w]; appends to `hidden_states`, when given, the feature maps that enter the
+        first level and leave each level and the mid block."""
         h = self.conv_in(pixel_values)
+        if hidden_states is not None:
+            hidden_states.append(h)
         for level in self.down:
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+            if hidden_states is not None:
+                hidden_states.append(h)
+        h = self.mid(h)
+        if hidden_states is not None:
+            hidden_states.append(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class LlamaGenVQDecoder(nn.Module):
@@ -176,10 +192,16 @@ class LlamaGenVQDecoder(nn.Module):
         self.norm_out = _group_norm(channels[-1])
         self.conv_out = nn.Conv2d(channels[-1], config.out_channels, 3, padding=1)
 
-    def forward(self, latents):
+    def forward(self, latents, hidden_states: list | None = None):
+        """latents -> pixels [B, out_channels, H, W]; appends to `hidden_states`, when given, the feature maps that
+        leave the mid block and each level."""
         h = self.mid(self.conv_in(latents))
+        if hidden_states is not None:
+            hidden_states.append(h)
         for level in self.up:
             h = level(h)
+            if hidden_states is not None:
+                hidden_states.append(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -269,19 +291,28 @@ class LlamaGenVQVAE(PreTrainedModel):
             raise ValueError(f"pixel_values must have {self.config.in_channels} channels and a height and width divisible "
                              f"by the downsample factor {f}, got shape {tuple(pixel_values.shape)}")
 
-    def _quantize(self, pixel_values):
-        """pixels -> (z [B, h, w, C], codes [B, h, w, C], indices [B, h, w], distances [B*h*w, K])."""
+    def _quantize(self, pixel_values, hidden_states: list | None):
+        """pixels -> (z [B, h, w, C], codes [B, h, w, C], indices [B, h, w], distances [B*h*w, K]); the encoder's
+        feature maps are appended to `hidden_states` when given."""
         self._check_pixel_values(pixel_values)
-        return self.quantize(self.quant_conv(self.encoder(pixel_values)))
+        return self.quantize(self.quant_conv(self.encoder(pixel_values, hidden_states)))
 
     @apply_forward_hook  # so that diffusers' model CPU offload moves the model in for encode and decode too
-    def encode(self, pixel_values: torch.FloatTensor) -> LlamaGenVQVAEEncoderOutput:
-        """pixel_values [B, 3, H, W] in [-1, 1] -> indices [B, H/f, W/f] and quantized [B, C, H/f, W/f]."""
-        z, codes, indices, _ = self._quantize(pixel_values)
+    def encode(
+        self, pixel_values: torch.FloatTensor, output_hidden_states: bool | None = None, return_dict: bool | None = None
+    ) -> LlamaGenVQVAEEncoderOutput:
+        """pixel_values [B, 3, H, W] in [-1, 1] -> indices [B, H/f, W/f] and quantized [B, C, H/f, W/f] (and the
+        encoder's feature maps with `output_hidden_states`); a tuple when `return_dict` is False. None: the config's."""
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        hidden_states = [] if output_hidden_states else None
+        z, codes, indices, _ = self._quantize(pixel_values, hidden_states)
         quantized = z + (codes - z).detach()  # straight-through
-        return LlamaGenVQVAEEncoderOutput(
-            indices=indices, quantized=quantized.permute(0, 3, 1, 2), latents=z.permute(0, 3, 1, 2)
+        output = LlamaGenVQVAEEncoderOutput(
+            indices=indices, quantized=quantized.permute(0, 3, 1, 2), latents=z.permute(0, 3, 1, 2),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
+        return output if return_dict else output.to_tuple()
 
     @apply_forward_hook
     def encode_scales(self, pixel_values: torch.FloatTensor, scales: list[int]) -> list[torch.LongTensor]:
@@ -318,9 +349,15 @@ class LlamaGenVQVAE(PreTrainedModel):
                              f"[{int(indices.min())}, {int(indices.max())}]")
         return self.decoder(self.post_quant_conv(self.code_vectors(indices)))
 
-    def forward(self, pixel_values: torch.FloatTensor) -> LlamaGenVQVAEOutput:
-        """Reconstruction and the VQ loss terms (LlamaGen: vq + beta * commitment + entropy)."""
-        z, codes, indices, distances = self._quantize(pixel_values)
+    def forward(
+        self, pixel_values: torch.FloatTensor, output_hidden_states: bool | None = None, return_dict: bool | None = None
+    ) -> LlamaGenVQVAEOutput:
+        """Reconstruction and the VQ loss terms (LlamaGen: vq + beta * commitment + entropy), and the encoder's and
+        decoder's feature maps with `output_hidden_states`; a tuple when `return_dict` is False. None: the config's."""
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        hidden_states = [] if output_hidden_states else None
+        z, codes, indices, distances = self._quantize(pixel_values, hidden_states)
         codebook_loss = F.mse_loss(codes, z.detach())
         commitment_loss = self.config.commit_loss_beta * F.mse_loss(z, codes.detach())
         entropy_loss = (
@@ -328,11 +365,13 @@ class LlamaGenVQVAE(PreTrainedModel):
             if self.config.entropy_loss_ratio > 0 else codebook_loss.new_zeros(())
         )
         quantized = (z + (codes - z).detach()).permute(0, 3, 1, 2)
-        reconstruction = self.decoder(self.post_quant_conv(quantized))
-        return LlamaGenVQVAEOutput(
+        reconstruction = self.decoder(self.post_quant_conv(quantized), hidden_states)
+        output = LlamaGenVQVAEOutput(
             reconstruction=reconstruction, codebook_loss=codebook_loss, commitment_loss=commitment_loss,
             entropy_loss=entropy_loss, indices=indices,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["LlamaGenVQVAE", "LlamaGenVQVAEEncoderOutput", "LlamaGenVQVAEOutput"]
