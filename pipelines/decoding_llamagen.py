@@ -9,7 +9,7 @@ top-p (1.0 = off), then a categorical draw.
 import torch
 from transformers import StaticCache
 
-from .sampling import Generators, exponential_noise, guide, sample
+from .sampling import DecodingControl, Generators, exponential_noise, guide, late_guidance_error, sample
 
 
 def prefill(model, class_labels: torch.LongTensor, cache: StaticCache) -> torch.Tensor:
@@ -47,6 +47,7 @@ def generate(
     generator: Generators = None,
     callback=None,
     compile: bool = False,
+    control: DecodingControl | None = None,
 ) -> torch.LongTensor:
     """Sample `block_size` image tokens per class label: class_labels [B] -> tokens [B, block_size] (row-major grid).
 
@@ -56,14 +57,17 @@ def generate(
             conditional logits alone are used (the doubled batch still runs); -1 guides every token.
         do_sample: False takes the most likely token at each step (greedy), ignoring temperature, top-k and top-p.
         generator: one generator, or a list with one per label so that row i depends on generator i alone.
-        callback: called as `callback(step, tokens)` after each token with tokens [B, step + 1]; it may return a
-            replacement [B] for the token just sampled (the earlier ones are already in the KV cache).
+        callback: called as `callback(step, tokens)` after each token with tokens [B, step + 1]; it may return them
+            replaced (the earlier tokens are already in the KV cache: only the last one steers the next steps).
         compile: run the per-token step under torch.compile (the first call compiles; same tokens as eager).
+        control: read before each step: its `guidance_scale` replaces `guidance_scale` (1.0 then uses the
+            conditional logits alone), and its `interrupt` stops decoding, returning the tokens [B, n] so far.
     """
     if isinstance(generator, list) and len(generator) != class_labels.shape[0]:
         raise ValueError(f"generator is a list of {len(generator)}, expected one per class label ({class_labels.shape[0]})")
     config, device = model.config, class_labels.device
     batch, vocab = class_labels.shape[0], config.vocab_size
+    control = control or DecodingControl(guidance_scale)
     use_cfg = guidance_scale != 1.0
     if use_cfg:
         class_labels = torch.cat([class_labels, torch.full_like(class_labels, config.null_class_id)])
@@ -71,14 +75,19 @@ def generate(
     decode_step = compiled_decode_one_token(device) if compile else decode_one_token
 
     def next_token(logits, step):
+        scale = control.guidance_scale
         if use_cfg:
-            logits = guide(logits, guidance_scale, apply=cfg_interval < 0 or step <= cfg_interval + 1)
+            logits = guide(logits, scale, apply=scale != 1.0 and (cfg_interval < 0 or step <= cfg_interval + 1))
+        elif scale != 1.0:
+            raise late_guidance_error(scale, unguided=1.0)
         noise = exponential_noise(generator, (batch, vocab), device) if do_sample else None
         return sample(logits, temperature, top_k, top_p, noise)
 
     tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=device)
     cache_position = torch.tensor([config.cls_token_num], device=device)
     for step in range(config.block_size):
+        if control.interrupt:
+            return tokens[:, :step]
         if step == 0:
             logits = prefill(model, class_labels, cache)
         else:
@@ -87,13 +96,13 @@ def generate(
             cache_position += 1
         tokens[:, step] = next_token(logits, step)
         if callback is not None and (replacement := callback(step, tokens[:, : step + 1])) is not None:
-            tokens[:, step] = replacement
+            tokens[:, : step + 1] = replacement
     return tokens
 
 
 class LlamaGenDecoding:
     """What STARPipeline calls to sample a token-wise (LlamaGen) model; every family's decoding module has one such
-    class with these four methods."""
+    class with these six methods."""
 
     @staticmethod
     def check_arguments(transformer, vqvae, cfg_interval, compile_decoding, scales, more_smooth) -> dict:
@@ -111,17 +120,21 @@ class LlamaGenDecoding:
         return transformer.config.block_size
 
     @staticmethod
-    def generate_tokens(transformer, vqvae, class_labels, callback=None, **kwargs) -> tuple[torch.LongTensor, None]:
-        """`generate` with the pipeline's conventions: tokens [B, h, w]; `callback(step, tokens)` may return the
-        tokens [B, step + 1] with the last column replaced."""
+    def generate_tokens(transformer, vqvae, class_labels, **kwargs) -> tuple[torch.LongTensor, None]:
+        """`generate` with the pipeline's conventions: tokens [B, h, w] (interrupted: the tokens [B, n] so far)."""
+        config = transformer.config
+        tokens = generate(transformer, class_labels, **kwargs)
+        return (tokens.view(-1, config.grid_size, config.grid_size) if tokens.shape[1] == config.block_size else tokens,
+                None)
 
-        def on_token(step, tokens):
-            replaced = callback(step, tokens)
-            return None if replaced is None else replaced[:, -1]
+    @staticmethod
+    def latents(tokens: torch.LongTensor) -> torch.LongTensor:
+        """The tokens as diffusers' `latents` (callback inputs, output_type="latent"): as they are."""
+        return tokens
 
-        grid = transformer.config.grid_size
-        tokens = generate(transformer, class_labels, callback=on_token if callback is not None else None, **kwargs)
-        return tokens.view(-1, grid, grid), None
+    @staticmethod
+    def tokens_from_latents(latents: torch.LongTensor, tokens: torch.LongTensor) -> torch.LongTensor:
+        return latents
 
     @staticmethod
     def decode_tokens(vqvae, tokens: torch.LongTensor, latents: None) -> torch.FloatTensor:

@@ -18,24 +18,29 @@ import math
 import torch
 from transformers import StaticCache
 
-from .sampling import Generators, exponential_noise, sample
+from .sampling import DecodingControl, Generators, exponential_noise, late_guidance_error, sample
 
 
-def guidance_scales(guidance_scale, num_prologue: int, length: int) -> list[float]:
-    """The guidance scale of each of the `length` decoding steps (see the module docstring)."""
+def guidance_scale_at(guidance_scale, step: int, num_prologue: int, length: int) -> float:
+    """The guidance scale of decoding step `step` of `length` (see the module docstring)."""
     if not isinstance(guidance_scale, (tuple, list)):
-        return [float(guidance_scale)] * length
+        return float(guidance_scale)
 
     def ramp(scale, t, power):
         return 1.0 + (scale - 1.0) * (1 - math.cos(t**power * math.pi)) * 0.5
 
     if len(guidance_scale) == 2:
         scale, power = guidance_scale
-        return [ramp(scale, step / length, power) for step in range(length)]
+        return ramp(scale, step / length, power)
     prologue_scale, visual_scale, power = guidance_scale
-    visual_steps = length - num_prologue
-    return [prologue_scale if step < num_prologue else ramp(visual_scale, (step - num_prologue) / visual_steps, power)
-            for step in range(length)]
+    if step < num_prologue:
+        return prologue_scale
+    return ramp(visual_scale, (step - num_prologue) / (length - num_prologue), power)
+
+
+def guidance_scales(guidance_scale, num_prologue: int, length: int) -> list[float]:
+    """The guidance scale of each of the `length` decoding steps."""
+    return [guidance_scale_at(guidance_scale, step, num_prologue, length) for step in range(length)]
 
 
 @torch.no_grad()
@@ -50,22 +55,26 @@ def generate(
     generator: Generators = None,
     callback=None,
     prologue_tokens: torch.LongTensor | None = None,
+    control: DecodingControl | None = None,
 ) -> tuple[torch.LongTensor, torch.LongTensor]:
     """class_labels [B] -> (visual codes [B, N], prologue codes [B, P]).
 
     Args:
         do_sample: False takes the most likely allowed token at each step (greedy).
         callback: `callback(step, tokens)` after each decoded sequence token, tokens [B, step + 1] in the model's
-            vocabulary; it may return a replacement [B] for the token just decoded.
+            vocabulary; it may return them replaced (the earlier ones are already in the KV cache: only the last one
+            steers the next steps).
         prologue_tokens: [B, P] prologue codes to keep: they and the EOS are prefilled in one forward and only the
             visual tokens are sampled (the official demo's "resample the details").
+        control: read before each step: its `guidance_scale` (any form above) replaces `guidance_scale`, and its
+            `interrupt` stops decoding, returning the visual [B, n] and prologue [B, p] codes so far.
     """
     config, device = model.config, class_labels.device
     batch, length, num_prologue = class_labels.shape[0], config.sequence_length, config.num_prologue_tokens
-    scales = guidance_scales(guidance_scale, num_prologue, length)
+    control = control or DecodingControl(guidance_scale)
     temperatures = [temperature[0] if step < num_prologue else temperature[1] for step in range(length)] \
         if isinstance(temperature, (tuple, list)) else [temperature] * length
-    use_cfg = any(scale != 1.0 for scale in scales)
+    use_cfg = any(scale != 1.0 for scale in guidance_scales(guidance_scale, num_prologue, length))
     labels = torch.cat([class_labels, torch.full_like(class_labels, config.null_class_id)]) if use_cfg else class_labels
     cache = StaticCache(config=config, max_cache_len=length)
 
@@ -79,7 +88,11 @@ def generate(
     logits = model(input_ids=torch.cat([prefix, prefix]) if use_cfg else prefix, class_labels=labels,
                    past_key_values=cache, cache_position=torch.arange(start + 1, device=device),
                    logits_to_keep=1).logits[:, -1]
+    decoded = length  # sequence tokens decoded: fewer when interrupted
     for step in range(start, length):
+        if control.interrupt:
+            decoded = step
+            break
         if step > start:
             current = tokens[:, step - 1 : step]
             logits = model(input_ids=torch.cat([current, current]) if use_cfg else current, past_key_values=cache,
@@ -87,19 +100,22 @@ def generate(
         if config.has_eos and step == num_prologue:
             tokens[:, step] = config.eos_token_id  # the only token the mask allows here
         else:
+            scale = guidance_scale_at(control.guidance_scale, step, num_prologue, length)
             if use_cfg:  # masked entries are -inf in both halves and stay so
                 cond, uncond = logits.chunk(2)
-                logits = torch.where(cond.isneginf(), cond, uncond + (cond - uncond) * scales[step])
+                logits = torch.where(cond.isneginf(), cond, uncond + (cond - uncond) * scale)
+            elif scale != 1.0:
+                raise late_guidance_error(control.guidance_scale, unguided=1.0)
             noise = exponential_noise(generator, (batch, config.vocab_size), device) if do_sample else None
             tokens[:, step] = sample(logits, temperatures[step], top_k, top_p, noise)
         if callback is not None and (replacement := callback(step, tokens[:, : step + 1])) is not None:
-            tokens[:, step] = replacement
-    visual = tokens[:, num_prologue + int(config.has_eos) :]
-    return visual, tokens[:, :num_prologue] - config.prologue_offset
+            tokens[:, : step + 1] = replacement
+    visual = tokens[:, num_prologue + int(config.has_eos) : decoded]
+    return visual, tokens[:, : min(num_prologue, decoded)] - config.prologue_offset
 
 
 class PrologueDecoding:
-    """What STARPipeline calls to sample a Prologue model (see `LlamaGenDecoding` for the four methods)."""
+    """What STARPipeline calls to sample a Prologue model (see `LlamaGenDecoding` for the six methods)."""
 
     @staticmethod
     def check_arguments(transformer, vqvae, cfg_interval, compile_decoding, scales, more_smooth,
@@ -141,17 +157,30 @@ class PrologueDecoding:
 
     @staticmethod
     def generate_tokens(transformer, vqvae, class_labels, callback=None, **kwargs):
-        """`generate` with the pipeline's conventions: (visual tokens [B, h, w], prologue tokens [B, P])."""
-        start = 0 if kwargs.get("prologue_tokens") is None else transformer.config.num_prologue_tokens + 1
+        """`generate` with the pipeline's conventions: (visual tokens [B, h, w], prologue tokens [B, P]); interrupted,
+        the codes [B, n] and [B, p] so far. The callback counts the steps of this call (from the first visual token
+        when the prologue is given)."""
+        config = transformer.config
+        start = 0 if kwargs.get("prologue_tokens") is None else config.num_prologue_tokens + 1
 
         def on_token(step, tokens):
-            replaced = callback(step - start, tokens)
-            return None if replaced is None else replaced[:, -1]
+            return callback(step - start, tokens)
 
         visual, prologue = generate(transformer, class_labels, callback=on_token if callback is not None else None,
                                     **kwargs)
-        grid = transformer.config.grid_size
-        return visual.view(-1, grid, grid), prologue
+        if visual.shape[1] == config.num_visual_tokens:
+            visual = visual.view(-1, config.grid_size, config.grid_size)
+        return visual, prologue
+
+    @staticmethod
+    def latents(tokens: torch.LongTensor) -> torch.LongTensor:
+        """The tokens as diffusers' `latents` (callback inputs: the sequence tokens so far; output_type="latent": the
+        visual tokens): as they are."""
+        return tokens
+
+    @staticmethod
+    def tokens_from_latents(latents: torch.LongTensor, tokens: torch.LongTensor) -> torch.LongTensor:
+        return latents
 
     @staticmethod
     def decode_tokens(vqvae, tokens: torch.LongTensor, prologue_tokens) -> torch.FloatTensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from .sampling import Generators, exponential_noise, filter_logits, race
+from .sampling import DecodingControl, Generators, exponential_noise, filter_logits, late_guidance_error, race
 
 # FlexVAR samples these sides with the caller's top-k and every other side greedily (top-k 1)
 FLEXVAR_TOP_K_SIDES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 23, 24, 32)
@@ -54,6 +54,7 @@ def generate(
     more_smooth: bool = False,
     generator: Generators = None,
     callback=None,
+    control: DecodingControl | None = None,
 ) -> tuple[list[torch.LongTensor], torch.Tensor | None]:
     """Sample one token map per scale: class_labels [B] -> (maps [B, s_k, s_k] for every side s_k of `scales`, and
     VAR's accumulated latent f_hat [B, C, s, s] to decode, or None for FlexVAR, whose last map decodes on its own).
@@ -66,11 +67,15 @@ def generate(
         more_smooth: VAR's Gumbel-softmax smoothing of the code vectors fed forward (for visualisation; VAR only).
         generator: one generator, or a list with one per label so that image i depends on generator i alone.
         callback: called as `callback(scale_index, maps)` after each scale with the maps so far; it may return them
-            with the last map replaced.
+            replaced (the earlier maps are already in the KV cache and VAR's latent: only the last one steers the
+            next scales).
+        control: read before each scale: its `guidance_scale` replaces `guidance_scale`, and its `interrupt` stops
+            decoding, returning the maps so far (and VAR's latent so far).
     """
     config, device = transformer.config, class_labels.device
     model_type, trained_side = config.model_type, config.patch_nums[-1]
     batch, vocab = class_labels.shape[0], config.vocab_size
+    control = control or DecodingControl(guidance_scale)
     use_cfg = guidance_scale != 0
     if use_cfg:
         class_labels = torch.cat([class_labels, torch.full_like(class_labels, config.null_class_id)])
@@ -78,19 +83,23 @@ def generate(
     cache = DynamicCache()
     maps, f_hat, inputs = [], None, None
     for k, side in enumerate(scales):
+        if control.interrupt:
+            break
         logits = transformer(class_labels=class_labels, scale_inputs=inputs, scales=scales, past_key_values=cache,
                              conditioning=conditioning).logits  # [B', s^2, V]
         ratio = guidance_ratio(model_type, k, scales, trained_side)
         if use_cfg:
-            t = guidance_scale * ratio
+            t = control.guidance_scale * ratio
             cond, uncond = logits.chunk(2)  # [B, s^2, V] each
             logits = (1 + t) * cond - t * uncond  # VAR's arithmetic, kept for token parity
+        elif control.guidance_scale != 0:
+            raise late_guidance_error(control.guidance_scale, unguided=0)
         logits = filter_logits(logits.flatten(0, 1) / max(temperature, 1e-5),
                                scale_top_k(model_type, side, top_k, trained_side), top_p)  # [B s^2, V]
         noise = exponential_noise(generator, (batch, side * side, vocab), device).flatten(0, 1)
         maps.append(race(logits, noise).view(batch, side, side))
         if callback is not None and (replaced := callback(k, maps)) is not None:
-            maps[-1] = replaced[-1]
+            maps = list(replaced)
         if more_smooth:
             smooth_noise = exponential_noise(generator, (batch, side * side, vocab), device).flatten(0, 1)
             codebook = vqvae.quantize.embedding.weight
@@ -108,7 +117,7 @@ def generate(
 
 
 class ScaleWiseDecoding:
-    """What STARPipeline calls to sample a scale-wise (VAR, FlexVAR) model: the same four methods as
+    """What STARPipeline calls to sample a scale-wise (VAR, FlexVAR) model: the same six methods as
     `LlamaGenDecoding`."""
 
     @staticmethod
@@ -143,6 +152,18 @@ class ScaleWiseDecoding:
         return len(scales)
 
     generate_tokens = staticmethod(generate)
+
+    @staticmethod
+    def latents(maps: list[torch.LongTensor]) -> torch.LongTensor:
+        """The maps as diffusers' `latents` (callback inputs, output_type="latent"): one token sequence
+        [B, sum of s_k^2], each map in raster order, coarsest first (the order VAR's transformer reads them in)."""
+        return torch.cat([m.flatten(1) for m in maps], dim=1)
+
+    @staticmethod
+    def tokens_from_latents(latents: torch.LongTensor, maps: list[torch.LongTensor]) -> list[torch.LongTensor]:
+        """A token sequence [B, sum of s_k^2] -> maps of the shapes of `maps`."""
+        sizes = [m[0].numel() for m in maps]
+        return [part.view(-1, *m.shape[1:]) for part, m in zip(latents.split(sizes, dim=1), maps)]
 
     @staticmethod
     def decode_tokens(vqvae, maps: list[torch.LongTensor], f_hat: torch.Tensor | None) -> torch.FloatTensor:

@@ -141,11 +141,10 @@ class STARPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, vqvae=vqvae)
         self.family  # noqa: B018 (refuses a transformer of no family before its config is read)
         num_classes = transformer.config.num_classes
-        imagenet = IMAGENET_ID2LABEL
-        id2label = imagenet if id2label is None else {int(key): value for key, value in id2label.items()}
-        if id2label == imagenet and num_classes != len(imagenet):  # the default, or a folder saved with it
-            logger.warning(f"id2label: the transformer has {num_classes} classes, not ImageNet's {len(imagenet)}: its "
-                           f"classes keep ImageNet's names of ids < {num_classes}; pass id2label to name them")
+        id2label = IMAGENET_ID2LABEL if id2label is None else {int(key): value for key, value in id2label.items()}
+        if id2label == IMAGENET_ID2LABEL and num_classes != 1000:  # the default, or a folder saved with it
+            logger.warning(f"id2label: the transformer has {num_classes} classes, not ImageNet's 1000: its classes keep "
+                           f"ImageNet's names of ids < {num_classes}; pass id2label to name them")
             id2label = {class_id: name for class_id, name in id2label.items() if class_id < num_classes}
         outside = sorted(class_id for class_id in id2label if not 0 <= class_id < num_classes)
         if outside:

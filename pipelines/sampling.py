@@ -1,10 +1,29 @@
 """Sampling helpers every family's decoding uses: top-k / top-p filtering, Exp(1) noise drawn only from the caller's
 generators (row i from generator i alone), the exponential race that turns it into a categorical draw without a host
-sync, and LlamaGen's classifier-free-guidance combination."""
+sync, LlamaGen's classifier-free-guidance combination, and what a caller may change between decoding steps."""
+
+from dataclasses import dataclass
 
 import torch
 
 Generators = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class DecodingControl:
+    """What the decoding loops read before each step: the guidance scale and whether to stop. STARPipeline passes
+    itself instead, so that a `callback_on_step_end` setting `pipe._guidance_scale` or `pipe._interrupt` steers the
+    following steps (diffusers' dynamic guidance and interrupt)."""
+
+    guidance_scale: float | tuple = 1.0
+    interrupt: bool = False
+
+
+def late_guidance_error(guidance_scale, unguided: float) -> ValueError:
+    """The error for guidance switched on by a callback in a call that started without it (at `unguided`): no
+    null-class batch was built, so there is nothing to guide with."""
+    return ValueError(f"guidance_scale was set to {guidance_scale!r} during decoding, but the call started without "
+                      f"guidance ({unguided}), so it has no unconditional batch: start the call with guidance on")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -218,7 +218,7 @@ def test_save_load_round_trip_and_card(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     family = pipe.transformer.config.model_type
-    assert index["transformer"][0] == "st_ar_hf.models.var.modeling_var"
+    assert index["transformer"][0] == "modeling_var"  # the folder carries its code: one file per component
     card = (tmp_path / "README.md").read_text()
     assert f"- {family}" in card and "scale by scale (3 steps, from 1x1 to 4x4)" in card
     assert f"guidance_scale={pipe.family.guidance_scale}" in card
@@ -241,3 +241,51 @@ def test_cli_sample_takes_a_schedule(flexvar_pipe, tmp_path):
     bad = subprocess.run(run + ["--scales", "1", "3", "2", "--out", str(tmp_path / "x.png")], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "scales must increase strictly from 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_guidance_scale_set_by_a_callback_steers_the_following_scales(pipe):
+    """Scale 0 is never guided (the ramp starts at 0), so raising `pipe._guidance_scale` there is a call with the new
+    scale from the start; diffusers' cut-off (0.0) stops guidance for the scales after."""
+
+    def set_guidance(value):
+        def callback(pipeline, step, timestep, kwargs):
+            if step == 0:
+                pipeline._guidance_scale = value
+            return kwargs
+        return callback
+
+    raised = pipe([1, 2], guidance_scale=1.5, output_type="latent", generator=gens(0, 1),
+                  callback_on_step_end=set_guidance(6.0))
+    six = pipe([1, 2], guidance_scale=6.0, output_type="latent", generator=gens(0, 1))
+    default = pipe([1, 2], guidance_scale=1.5, output_type="latent", generator=gens(0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(raised.tokens, six.tokens))
+    assert not all(torch.equal(a, b) for a, b in zip(raised.tokens, default.tokens))
+    cut = pipe([1, 2], guidance_scale=6.0, output_type="latent", generator=gens(0, 1),
+               callback_on_step_end=set_guidance(0.0))
+    assert pipe.guidance_scale == 0.0 and not all(torch.equal(a, b) for a, b in zip(cut.tokens, six.tokens))
+    with pytest.raises(ValueError, match="guidance_scale was set to 6.0 during decoding, but the call started without"):
+        pipe([1], guidance_scale=0.0, callback_on_step_end=set_guidance(6.0))
+
+
+def test_interrupt_returns_the_maps_so_far(pipe):
+    def stop_after_scale_1(pipeline, step, timestep, kwargs):
+        pipeline._interrupt = step == 1
+        return kwargs
+
+    full = pipe([1, 2], output_type="pt", generator=gens(0, 1))
+    stopped = pipe([1, 2], output_type="pt", generator=gens(0, 1), callback_on_step_end=stop_after_scale_1)
+    assert stopped.images is None and len(stopped.tokens) == 2
+    assert all(torch.equal(a, b) for a, b in zip(stopped.tokens, full.tokens))
+
+
+def test_callback_latents_are_the_maps_in_one_sequence(pipe):
+    def zero_the_second_map(pipeline, step, timestep, kwargs):
+        latents = kwargs["latents"]
+        assert torch.equal(latents, torch.cat([m.flatten(1) for m in kwargs["tokens"]], dim=1))
+        if step == 1:
+            kwargs["latents"] = torch.cat([latents[:, :1], torch.zeros_like(latents[:, 1:])], dim=1)
+        return kwargs
+
+    out = pipe([1, 2], output_type="latent", generator=gens(0, 1), callback_on_step_end=zero_the_second_map)
+    assert torch.count_nonzero(out.tokens[1]) == 0 and out.images.shape == (2, 1 + 4 + 16)
+    assert torch.equal(out.images, torch.cat([m.flatten(1) for m in out.tokens], dim=1))

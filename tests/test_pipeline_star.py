@@ -38,9 +38,33 @@ def test_names_ids_and_synonyms_resolve(pipe):
     assert torch.equal(out.tokens, direct.view(2, 4, 4))
 
 
-def test_imagenet_names_are_the_default_labels(tiny_gpt, tiny_vq):
-    pipe = STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq)
+def test_imagenet_names_are_the_default_labels(tiny_vq):
+    imagenet_classes = LlamaGenForImageGeneration(tiny_gpt_config(num_classes=1000)).eval()
+    pipe = STARPipeline(transformer=imagenet_classes, vqvae=tiny_vq)
     assert len(pipe.id2label) == 1000 and pipe.get_label_ids(["golden retriever", "volcano"]) == [207, 980]
+
+
+def test_default_imagenet_names_keep_the_transformers_classes_only(tiny_gpt, tiny_vq, caplog):
+    pipe = STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq)
+    assert sorted(pipe.id2label) == list(range(10)) and pipe.get_label_ids("goldfish") == [1]
+    assert "the transformer has 10 classes, not ImageNet's 1000" in caplog.text
+    with pytest.raises(ValueError, match="class_labels: unknown class name 'golden retriever'"):
+        pipe(["golden retriever"], output_type="latent")
+
+
+def test_id2label_with_ids_outside_the_classes_is_refused(tiny_gpt, tiny_vq):
+    with pytest.raises(ValueError, match=r"id2label names ids \[10, 207\] outside the transformer's classes \[0, 10\)"):
+        STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq, id2label={**ID2LABEL, 10: "ten", 207: "golden retriever"})
+
+
+def test_class_names_of_classes_the_transformer_lacks_are_refused_before_decoding(tiny_gpt, tiny_vq):
+    pipe = STARPipeline(transformer=LlamaGenForImageGeneration(tiny_gpt_config(num_classes=1000)), vqvae=tiny_vq)
+    pipe.transformer = tiny_gpt  # a 10-class transformer behind the ImageNet names
+    calls = []
+    with pytest.raises(ValueError, match=r"class_labels: 'golden retriever' is class 207, but the transformer has 10 "
+                                         r"classes \(num_classes\)"):
+        pipe(["golden retriever"], callback_on_step_end=lambda *args: calls.append(args))
+    assert not calls
 
 
 @pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
@@ -56,8 +80,8 @@ def test_output_types_carry_tokens(pipe, output_type):
         assert out.images.shape == (4, 3, 8, 8)
         decoded = ((pipe.vqvae.decode(out.tokens) + 1) / 2).clamp(0, 1)
         assert torch.allclose(out.images, decoded, atol=1e-6)
-    else:
-        assert out.images is None
+    else:  # diffusers' convention: the undecoded latents in place of images, here the tokens
+        assert torch.equal(out.images, out.tokens)
 
 
 def test_image_i_depends_only_on_generator_i(pipe):
@@ -121,10 +145,17 @@ def test_guidance_between_zero_and_one_is_allowed(pipe):
 
 
 def test_save_and_load_round_trip(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path)
-    index = json.loads((tmp_path / "model_index.json").read_text())
+    """The default folder carries its code (model_index.json names the code files); remote_code=False writes the
+    package's module paths instead, and STARPipeline.from_pretrained loads both."""
+    pipe.save_pretrained(tmp_path / "package", remote_code=False)
+    index = json.loads((tmp_path / "package" / "model_index.json").read_text())
     assert index["_class_name"] == "STARPipeline"
     assert index["transformer"] == ["st_ar_hf.models.llamagen.modeling_llamagen", "LlamaGenForImageGeneration"]
+    assert isinstance(STARPipeline.from_pretrained(tmp_path / "package").transformer, LlamaGenForImageGeneration)
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_star", "STARPipeline"]
+    assert index["transformer"] == ["modeling_llamagen", "LlamaGenForImageGeneration"]
     assert index["id2label"]["2"] == "golden retriever"
     for name in ("transformer", "vqvae"):
         assert (tmp_path / name / "model.safetensors").is_file()
@@ -203,3 +234,78 @@ def test_cli_sample_writes_a_grid_and_reports_bad_labels(pipe, tmp_path):
     bad = subprocess.run(run + ["--labels", "golden retreiver", "--out", str(tmp_path / "x.png")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "closest: 'golden retriever'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------- diffusers' call conventions
+
+
+def test_num_images_per_prompt_and_its_older_name(pipe):
+    out = pipe([1, 2], num_images_per_prompt=2, output_type="latent", generator=gens(1, 2, 3, 4))
+    old = pipe([1, 2], num_images_per_label=2, output_type="latent", generator=gens(1, 2, 3, 4))
+    both = pipe([1, 2], num_images_per_prompt=2, num_images_per_label=2, output_type="latent", generator=gens(1, 2, 3, 4))
+    assert out.tokens.shape == (4, 4, 4) and torch.equal(out.tokens, old.tokens) and torch.equal(out.tokens, both.tokens)
+    with pytest.raises(ValueError, match="num_images_per_prompt 2 and num_images_per_label .* 3 disagree"):
+        pipe([1], num_images_per_prompt=2, num_images_per_label=3)
+    with pytest.raises(ValueError, match="^num_images_per_prompt must be a positive int"):
+        pipe([1], num_images_per_prompt=0)
+
+
+def test_nested_label_lists_are_flattened_as_dit_does(pipe):
+    nested = pipe([[1], [2, "jay"]], output_type="latent", generator=gens(1, 2, 3))
+    flat = pipe([1, 2, 9], output_type="latent", generator=gens(1, 2, 3))
+    assert torch.equal(nested.tokens, flat.tokens)
+    with pytest.raises(ValueError, match="class_labels must name at least one class"):
+        pipe([[]])
+
+
+def test_num_timesteps_counts_the_callback_steps(pipe):
+    steps = []
+    pipe([1], output_type="latent", callback_on_step_end=lambda p, i, t, kwargs: steps.append(i) or {})
+    assert pipe.num_timesteps == len(steps) == 16
+
+
+def test_guidance_scale_set_by_a_callback_steers_the_following_tokens(pipe):
+    """`pipe._guidance_scale = 1.0` after token 4 (diffusers' CFG cut-off) is LlamaGen's cfg_interval 3: tokens 0..4
+    guided, the rest conditional."""
+
+    def cut_guidance(pipeline, step, timestep, kwargs):
+        if step == 4:
+            pipeline._guidance_scale = 1.0
+        return kwargs
+
+    cut = pipe([1, 2], guidance_scale=4.0, output_type="latent", generator=gens(5, 6), callback_on_step_end=cut_guidance)
+    interval = pipe([1, 2], guidance_scale=4.0, cfg_interval=3, output_type="latent", generator=gens(5, 6))
+    guided = pipe([1, 2], guidance_scale=4.0, output_type="latent", generator=gens(5, 6))
+    assert torch.equal(cut.tokens, interval.tokens) and not torch.equal(cut.tokens, guided.tokens)
+    assert pipe.guidance_scale == 4.0  # the call's guidance, read back
+
+    def raise_guidance(pipeline, step, timestep, kwargs):
+        pipeline._guidance_scale = 2.0
+        return kwargs
+
+    with pytest.raises(ValueError, match="guidance_scale was set to 2.0 during decoding, but the call started without"):
+        pipe([1], guidance_scale=1.0, callback_on_step_end=raise_guidance)
+
+
+def test_interrupt_stops_decoding_and_returns_the_tokens_so_far(pipe):
+    def stop_after_token_5(pipeline, step, timestep, kwargs):
+        pipeline._interrupt = step == 5
+        return kwargs
+
+    full = pipe([1, 2], output_type="np", generator=gens(1, 2))
+    stopped = pipe([1, 2], output_type="np", generator=gens(1, 2), callback_on_step_end=stop_after_token_5)
+    assert pipe.interrupt and stopped.images is None
+    assert torch.equal(stopped.tokens, full.tokens.flatten(1)[:, :6])
+    again = pipe([1, 2], output_type="np", generator=gens(1, 2))  # the next call starts uninterrupted
+    assert not pipe.interrupt and torch.equal(again.tokens, full.tokens)
+
+
+def test_callback_latents_are_the_tokens_and_replace_them(pipe):
+    def zero_latents_at_the_end(pipeline, step, timestep, kwargs):
+        assert torch.equal(kwargs["latents"], kwargs["tokens"]) and kwargs["latents"].shape == (2, step + 1)
+        if step == pipeline.num_timesteps - 1:
+            kwargs["latents"] = torch.zeros_like(kwargs["latents"])
+        return kwargs
+
+    out = pipe([1, 2], output_type="latent", generator=gens(1, 2), callback_on_step_end=zero_latents_at_the_end)
+    assert torch.count_nonzero(out.tokens) == 0 and torch.equal(out.images, out.tokens)
