@@ -67,7 +67,7 @@ def generate(
         raise ValueError(f"generator is a list of {len(generator)}, expected one per class label ({class_labels.shape[0]})")
     config, device = model.config, class_labels.device
     batch, vocab = class_labels.shape[0], config.vocab_size
-    control = control or DecodingControl(guidance_scale)
+    control = DecodingControl(guidance_scale) if control is None else control
     use_cfg = guidance_scale != 1.0
     if use_cfg:
         class_labels = torch.cat([class_labels, torch.full_like(class_labels, config.null_class_id)])

@@ -71,7 +71,7 @@ def generate(
     """
     config, device = model.config, class_labels.device
     batch, length, num_prologue = class_labels.shape[0], config.sequence_length, config.num_prologue_tokens
-    control = control or DecodingControl(guidance_scale)
+    control = DecodingControl(guidance_scale) if control is None else control
     temperatures = [temperature[0] if step < num_prologue else temperature[1] for step in range(length)] \
         if isinstance(temperature, (tuple, list)) else [temperature] * length
     use_cfg = any(scale != 1.0 for scale in guidance_scales(guidance_scale, num_prologue, length))

@@ -75,7 +75,7 @@ def generate(
     config, device = transformer.config, class_labels.device
     model_type, trained_side = config.model_type, config.patch_nums[-1]
     batch, vocab = class_labels.shape[0], config.vocab_size
-    control = control or DecodingControl(guidance_scale)
+    control = DecodingControl(guidance_scale) if control is None else control
     use_cfg = guidance_scale != 0
     if use_cfg:
         class_labels = torch.cat([class_labels, torch.full_like(class_labels, config.null_class_id)])

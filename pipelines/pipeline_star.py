@@ -21,6 +21,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging
 from huggingface_hub import HfApi, snapshot_download
@@ -244,22 +245,24 @@ class STARPipeline(DiffusionPipeline):
             class_labels = class_labels.tolist()
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
-        if not isinstance(class_labels, (list, tuple)) or not flatten(class_labels):
+        labels = flatten(class_labels) if isinstance(class_labels, (list, tuple)) else []  # as DiT's reshape(-1)
+        if not labels:
             raise ValueError(f"class_labels must name at least one class (a name, an id, or a list of them), got "
                              f"{class_labels!r}")
         ids = []
-        for label in flatten(class_labels):  # nested lists, as DiT's reshape(-1)
+        for label in labels:
             if isinstance(label, str):
-                for class_id in self.get_label_ids(label):
-                    if class_id >= config.num_classes:
-                        raise ValueError(f"class_labels: {label!r} is class {class_id}, but the transformer has "
-                                         f"{config.num_classes} classes (num_classes)")
-                    ids.append(class_id)
+                (class_id,) = self.get_label_ids(label)
+                if class_id >= config.num_classes:
+                    raise ValueError(f"class_labels: {label!r} is class {class_id}, but the transformer has "
+                                     f"{config.num_classes} classes (num_classes)")
+                ids.append(class_id)
             elif _is_int(label) and 0 <= label < config.num_classes:
                 ids.append(int(label))
             else:
                 raise ValueError(f"class_labels: {label!r} is neither a class name nor an id in [0, {config.num_classes})")
-        for name, value in ("num_images_per_prompt", num_images_per_prompt), ("num_images_per_label", num_images_per_label):
+        for name, value in [("num_images_per_prompt", num_images_per_prompt),
+                            ("num_images_per_label", num_images_per_label)]:
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if None not in (num_images_per_prompt, num_images_per_label) and num_images_per_prompt != num_images_per_label:
@@ -355,7 +358,8 @@ class STARPipeline(DiffusionPipeline):
                 only the last step's steer what follows. The callback may set `pipe._guidance_scale` (read before
                 each step: diffusers' dynamic guidance) and `pipe._interrupt` (stops decoding: the tokens so far come
                 back, without images).
-            callback_on_step_end_tensor_inputs: which of "latents" and "tokens" the callback gets.
+            callback_on_step_end_tensor_inputs: which of "latents" and "tokens" the callback gets (a diffusers
+                `PipelineCallback` names its own `tensor_inputs`).
             compile_decoding: LlamaGen: run the per-token step under torch.compile (CUDA graphs on GPU); the first
                 call compiles, later calls reuse it, and the tokens are those of the eager path.
             scales: VAR / FlexVAR: the scale schedule (sides of the token maps, increasing from 1); default the
@@ -380,6 +384,8 @@ class STARPipeline(DiffusionPipeline):
         ```
         """
         # 1. Check inputs
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         ids, images_per_label, options = self.check_inputs(
             class_labels, num_images_per_prompt, guidance_scale, temperature, top_k, top_p, generator, output_type,
             callback_on_step_end_tensor_inputs, num_images_per_label, cfg_interval=cfg_interval,

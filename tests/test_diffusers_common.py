@@ -1,13 +1,14 @@
-"""diffusers' own common pipeline tests (`PipelineTesterMixin`, tests/pipelines/test_pipelines_common.py of the diffusers
-repository) on STARPipeline, one adapter per family, written after DiT's (tests/pipelines/dit/test_dit.py): tiny
-components, one class label, images as numpy. A mixin test that does not apply to autoregressive sampling is skipped
-here with its reason; the tests that need an accelerator are skipped by the mixin itself on a CPU-only machine.
+r"""diffusers' own common pipeline tests (`PipelineTesterMixin`, tests/pipelines/test_pipelines_common.py of the
+diffusers repository) on STARPipeline, one adapter per family, written after DiT's (tests/pipelines/dit/test_dit.py):
+tiny components, one class label, images as numpy. A mixin test that does not apply to autoregressive sampling is
+skipped here with its reason; the tests that need an accelerator are skipped by the mixin itself on a CPU-only machine.
 
 diffusers' sdist does not ship its tests: they are read from a diffusers checkout whose tests/ folder
 `DIFFUSERS_TESTS_DIR` names, imported as the package `diffusers_tests` (ours is `tests`). Its imports need
-`requests-mock` (diffusers' test extra):
+`requests-mock` (diffusers' test extra). One thread keeps the tiny models fast on a busy CPU:
 
-    DIFFUSERS_TESTS_DIR=/path/to/diffusers/tests python -m pytest -p no:xdist tests/test_diffusers_common.py
+    DIFFUSERS_TESTS_DIR=/path/to/diffusers/tests OMP_NUM_THREADS=1 \
+        python -m pytest -p no:xdist tests/test_diffusers_common.py
 """
 
 import importlib.util
@@ -31,8 +32,8 @@ from .conftest import (
 
 TESTS_DIR = os.environ.get("DIFFUSERS_TESTS_DIR")
 if not TESTS_DIR or not (Path(TESTS_DIR) / "pipelines" / "test_pipelines_common.py").is_file():
-    pytest.skip("diffusers' common pipeline tests: set DIFFUSERS_TESTS_DIR to the tests/ folder of a diffusers checkout "
-                "(with requests-mock installed) to run them", allow_module_level=True)
+    pytest.skip("diffusers' common pipeline tests: set DIFFUSERS_TESTS_DIR to the tests/ folder of a diffusers "
+                "checkout (with requests-mock installed) to run them", allow_module_level=True)
 
 
 def import_diffusers_tests(tests_dir: Path):
@@ -43,23 +44,21 @@ def import_diffusers_tests(tests_dir: Path):
         package = importlib.util.module_from_spec(spec)
         sys.modules["diffusers_tests"] = package
         spec.loader.exec_module(package)
-    from diffusers_tests.pipelines.pipeline_params import (
-        CLASS_CONDITIONED_IMAGE_GENERATION_BATCH_PARAMS, CLASS_CONDITIONED_IMAGE_GENERATION_PARAMS,
-    )
+    from diffusers_tests.pipelines import pipeline_params
     from diffusers_tests.pipelines.test_pipelines_common import PipelineTesterMixin
 
-    return PipelineTesterMixin, CLASS_CONDITIONED_IMAGE_GENERATION_PARAMS, CLASS_CONDITIONED_IMAGE_GENERATION_BATCH_PARAMS
+    return PipelineTesterMixin, pipeline_params
 
 
-PipelineTesterMixin, PARAMS, BATCH_PARAMS = import_diffusers_tests(Path(TESTS_DIR).resolve())
+PipelineTesterMixin, pipeline_params = import_diffusers_tests(Path(TESTS_DIR).resolve())
 
 
 class STARPipelineTesterMixin(PipelineTesterMixin):
     """What every family's adapter shares; `get_dummy_components` is the family's."""
 
     pipeline_class = STARPipeline
-    params = PARAMS
-    batch_params = BATCH_PARAMS
+    params = pipeline_params.CLASS_CONDITIONED_IMAGE_GENERATION_PARAMS
+    batch_params = pipeline_params.CLASS_CONDITIONED_IMAGE_GENERATION_BATCH_PARAMS
     # the number of steps is the model's (its tokens, or its scales) and the tokens are drawn from the generators,
     # with no initial noise `latents` to pass in
     required_optional_params = PipelineTesterMixin.required_optional_params - {"num_inference_steps", "latents"}

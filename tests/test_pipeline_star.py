@@ -4,6 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers.callbacks import PipelineCallback
 
 from st_ar_hf import LlamaGenForImageGeneration, LlamaGenVQVAE, STARPipeline
 from st_ar_hf.pipelines.decoding_llamagen import generate
@@ -242,8 +243,10 @@ def test_cli_sample_writes_a_grid_and_reports_bad_labels(pipe, tmp_path):
 def test_num_images_per_prompt_and_its_older_name(pipe):
     out = pipe([1, 2], num_images_per_prompt=2, output_type="latent", generator=gens(1, 2, 3, 4))
     old = pipe([1, 2], num_images_per_label=2, output_type="latent", generator=gens(1, 2, 3, 4))
-    both = pipe([1, 2], num_images_per_prompt=2, num_images_per_label=2, output_type="latent", generator=gens(1, 2, 3, 4))
-    assert out.tokens.shape == (4, 4, 4) and torch.equal(out.tokens, old.tokens) and torch.equal(out.tokens, both.tokens)
+    both = pipe([1, 2], num_images_per_prompt=2, num_images_per_label=2, output_type="latent",
+                generator=gens(1, 2, 3, 4))
+    assert out.tokens.shape == (4, 4, 4)
+    assert torch.equal(out.tokens, old.tokens) and torch.equal(out.tokens, both.tokens)
     with pytest.raises(ValueError, match="num_images_per_prompt 2 and num_images_per_label .* 3 disagree"):
         pipe([1], num_images_per_prompt=2, num_images_per_label=3)
     with pytest.raises(ValueError, match="^num_images_per_prompt must be a positive int"):
@@ -273,11 +276,24 @@ def test_guidance_scale_set_by_a_callback_steers_the_following_tokens(pipe):
             pipeline._guidance_scale = 1.0
         return kwargs
 
-    cut = pipe([1, 2], guidance_scale=4.0, output_type="latent", generator=gens(5, 6), callback_on_step_end=cut_guidance)
+    class CFGCutoff(PipelineCallback):  # as diffusers' SDCFGCutoffCallback, for a pipeline without prompt_embeds
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            if step_index == self.config.cutoff_step_index:
+                pipeline._guidance_scale = 1.0
+            return callback_kwargs
+
+    cut = pipe([1, 2], guidance_scale=4.0, output_type="latent", generator=gens(5, 6),
+               callback_on_step_end=cut_guidance)
     interval = pipe([1, 2], guidance_scale=4.0, cfg_interval=3, output_type="latent", generator=gens(5, 6))
     guided = pipe([1, 2], guidance_scale=4.0, output_type="latent", generator=gens(5, 6))
     assert torch.equal(cut.tokens, interval.tokens) and not torch.equal(cut.tokens, guided.tokens)
     assert pipe.guidance_scale == 4.0  # the call's guidance, read back
+    cutoff = CFGCutoff(cutoff_step_ratio=None, cutoff_step_index=4)
+    by_callback_class = pipe([1, 2], guidance_scale=4.0, output_type="latent", generator=gens(5, 6),
+                             callback_on_step_end=cutoff, callback_on_step_end_tensor_inputs=["tokens"])
+    assert torch.equal(by_callback_class.tokens, interval.tokens) and pipe.guidance_scale == 1.0
 
     def raise_guidance(pipeline, step, timestep, kwargs):
         pipeline._guidance_scale = 2.0
