@@ -78,7 +78,7 @@ def test_tokenizer_codes_and_the_straight_through_prologue(tiny_prologue_tokeniz
 def test_a_2d_tokenizer_has_no_prologue():
     tokenizer = PrologueVQVAE(tiny_prologue_tokenizer_config(num_prologue_tokens=0)).eval()
     encoded = tokenizer.encode(torch.zeros(1, 3, 32, 32))
-    assert encoded.prologue_indices is None and encoded.hidden_states.shape == (1, 16, 64)
+    assert encoded.prologue_indices is None and encoded.last_hidden_state.shape == (1, 16, 64)
     assert tokenizer.prologue_quantizer is None and tokenizer.encoder.prologue_queries is None
 
 
@@ -100,7 +100,8 @@ def test_forward_masks_logits_and_the_loss_is_the_unmasked_cross_entropy(tiny_pr
     out = tiny_prologue(input_ids=tokens[:, :-1], class_labels=torch.tensor([1, 2]), labels=tokens)
     assert out.logits.shape == (2, 21, 81)
     allowed = logit_mask(config, torch.arange(21)) == 0
-    assert torch.equal(torch.isfinite(out.logits[0]), allowed)
+    # a masked logit is the float32 minimum, finite (no -inf for arithmetic on the logits to turn into NaN)
+    assert torch.isfinite(out.logits).all() and torch.equal(out.logits[0] > torch.finfo(torch.float32).min, allowed)
     assert torch.equal(out.logits[:, allowed], raw[0][:, allowed])
     # the loss reads the unmasked logits, as the official trainers do
     assert torch.allclose(out.loss, F.cross_entropy(raw[0].reshape(-1, 81), tokens.reshape(-1)))
@@ -117,6 +118,56 @@ def test_cached_decoding_equals_the_full_forward(tiny_prologue):
         steps.append(tiny_prologue(input_ids=tokens[:, t : t + 1], past_key_values=cache,
                                    cache_position=torch.tensor([t + 1])).logits)
     assert torch.allclose(torch.cat(steps, 1).nan_to_num(), full.nan_to_num(), atol=1e-5)
+
+
+def test_attention_implementations_agree_and_eager_returns_the_weights(tiny_prologue, tiny_prologue_tokenizer):
+    from transformers import StaticCache
+
+    config, tokens, labels = tiny_prologue.config, sequence(tiny_prologue.config), torch.tensor([3, 7])
+    bias = torch.zeros(2, 1, 21, 21)
+    bias[..., 3:, 2] = float("-inf")  # key 2 dropped for the queries after it
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+
+    def run():
+        cache = StaticCache(config=config, max_cache_len=config.sequence_length)
+        prefill = tiny_prologue(input_ids=tokens[:, :5], class_labels=labels, past_key_values=cache,
+                                cache_position=torch.arange(6)).logits
+        steps = [tiny_prologue(input_ids=tokens[:, t : t + 1], past_key_values=cache,
+                               cache_position=torch.tensor([t + 1])).logits for t in range(5, 20)]
+        full = tiny_prologue(input_ids=tokens[:, :-1], class_labels=labels, output_attentions=True)
+        biased = tiny_prologue(input_ids=tokens[:, :-1], class_labels=labels, attention_bias=bias).logits
+        return full, torch.cat([prefill, *steps], 1), biased, tiny_prologue_tokenizer(pixels).reconstruction
+
+    assert tiny_prologue.config._attn_implementation == tiny_prologue_tokenizer.config._attn_implementation == "sdpa"
+    sdpa = run()  # output_attentions: eager attention for that call, SDPA forming no weights
+    tiny_prologue.set_attn_implementation("eager")
+    tiny_prologue_tokenizer.set_attn_implementation("eager")
+    eager = run()
+    torch.testing.assert_close(eager[0].logits, sdpa[0].logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager[0].attentions, sdpa[0].attentions)
+    for a, b in zip(eager[1:], sdpa[1:]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager[1], eager[0].logits, atol=1e-5, rtol=1e-5)  # cached decoding = full forward
+    weights = eager[0].attentions
+    assert len(weights) == 2 and weights[0].shape == (2, 2, 21, 21)  # [B, heads, T, S]
+    torch.testing.assert_close(weights[1].sum(-1), torch.ones(2, 2, 21))
+    assert (weights[0].triu(1) == 0).all()  # causal
+    assert not torch.allclose(eager[2], eager[0].logits)
+    dropped = tiny_prologue(input_ids=tokens[:, :-1], class_labels=labels, attention_bias=bias, output_attentions=True)
+    assert all((w[..., 3:, 2] == 0).all() and w.isfinite().all() for w in dropped.attentions)
+
+
+def test_resize_token_embeddings_refuses_a_new_size_before_changing_anything(tiny_prologue):
+    before = {name: tensor.clone() for name, tensor in tiny_prologue.state_dict().items()}
+    with pytest.raises(ValueError, match="new_num_tokens: Prologue's vocabulary of 81 ids .* cannot be resized to 91"):
+        tiny_prologue.resize_token_embeddings(91)
+    with pytest.raises(ValueError, match="cannot be resized to 96"):
+        tiny_prologue.resize_token_embeddings(pad_to_multiple_of=32)
+    assert tiny_prologue.resize_token_embeddings(81) is tiny_prologue.embed_tokens
+    assert tiny_prologue.resize_token_embeddings(pad_to_multiple_of=27) is tiny_prologue.embed_tokens  # 81 = 3 x 27
+    after = tiny_prologue.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert tiny_prologue.config.vocab_size == 81 and tiny_prologue.lm_head.out_features == 81
 
 
 def test_the_one_hot_path_reaches_the_prologue_inputs(tiny_prologue):
@@ -235,7 +286,7 @@ def test_prologue_post_converts_with_its_own_prologue_encoder():
     assert torch.equal(tokenizer.prologue_encoder.prologue_queries, encoder["semantic_enc.learnable_query"][0])
     assert torch.equal(tokenizer.prologue_encoder.input_proj.weight, encoder["semantic_enc.input_layer.weight"])
     encoded = tokenizer.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert encoded.hidden_states.shape == (2, 16, 64) and encoded.prologue_indices.shape == (2, 4)
+    assert encoded.last_hidden_state.shape == (2, 16, 64) and encoded.prologue_indices.shape == (2, 4)
     # the visual path does not see the prologue encoder: the same visual codes without it
     flat = convert_prologue_tokenizer(without_post(encoder, decoder), rope_axes_dim=[10, 10, 12])
     assert torch.equal(flat.encode(torch.zeros(1, 3, 32, 32)).indices, tokenizer.encode(torch.zeros(1, 3, 32, 32)).indices)
@@ -289,19 +340,19 @@ def test_cli_converts_folders_into_a_pipeline_and_samples(tmp_path, capsys):
     write_folder(tmp_path / "tok", *(random_state_dict(s) for s in (encoder, decoder, encoder, decoder)))
     ar = prologue_ar_shapes(dim=64, layers=2, head_dim=64, vocab=81, num_classes=10)
     write_folder(tmp_path / "ar", random_state_dict(ar))
-    assert cli_main(["convert", "prologue-tokenizer", "--checkpoint", str(tmp_path / "tok"), "--output",
+    assert cli_main(["convert", "prologue-tokenizer", "--checkpoint", str(tmp_path / "tok"), "--output-dir",
                      str(tmp_path / "converted-tok")]) == 0
     assert cli_main(["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--tokenizer",
-                     str(tmp_path / "converted-tok"), "--output", str(tmp_path / "pipe")]) == 0
+                     str(tmp_path / "converted-tok"), "--output-dir", str(tmp_path / "pipe")]) == 0
     assert "a STARPipeline of PrologueForImageGeneration" in capsys.readouterr().out
     assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["vqvae"][1] == "PrologueVQVAE"
     sample = ["sample", "--model", str(tmp_path / "pipe"), "--labels", "3", "--num-images-per-label", "2"]
-    assert cli_main(sample + ["--guidance-scale", "0.7", "3.0", "0.2", "--out", str(tmp_path / "grid.png")]) == 0
+    assert cli_main(sample + ["--guidance-scale", "0.7", "3.0", "0.2", "--output-file", str(tmp_path / "grid.png")]) == 0
     assert PIL.Image.open(tmp_path / "grid.png").size == (64, 32)
-    assert cli_main(sample + ["--guidance-scale", "0.7", "3.0", "0", "--out", str(tmp_path / "x.png")]) == 2
+    assert cli_main(sample + ["--guidance-scale", "0.7", "3.0", "0", "--output-file", str(tmp_path / "x.png")]) == 2
     assert "the power > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: the tokenizer is required
-        cli_main(["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--output", str(tmp_path / "other")])
+        cli_main(["convert", "prologue-ar", "--checkpoint", str(tmp_path / "ar"), "--output-dir", str(tmp_path / "other")])
     assert "one of the arguments --vqvae/--tokenizer" in capsys.readouterr().err
 
 
@@ -324,7 +375,7 @@ def test_greedy_decoding_takes_the_argmax_of_the_guided_logits(tiny_prologue):
     cond = tiny_prologue(input_ids=tokens[:, :-1], class_labels=labels).logits
     uncond = tiny_prologue(input_ids=tokens[:, :-1], class_labels=torch.full_like(labels, 10)).logits
     scales = torch.tensor(guidance_scales((0.7, 3.0, 0.5), 4, 21))[None, :, None]
-    guided = torch.where(cond.isneginf(), cond, uncond + (cond - uncond) * scales)
+    guided = uncond + (cond - uncond) * scales  # masked logits: the float32 minimum in both halves, and in guided
     assert torch.equal(guided.argmax(-1), tokens)
     assert prologue.min() >= 0 and prologue.max() < 16 and visual.max() < 64
 

@@ -9,8 +9,9 @@ Sequence layout (P = num_prologue_tokens, N = num_visual_tokens):
     position P + 2 ..       visual tokens, ids = codes, row-major
 
 `logits[:, t]` is the distribution of sequence token t (t = 0 .. P + N); `logit_mask` allows prologue codes at
-t < P, EOS at t = P and visual codes after, and every forward adds it to the returned logits. The loss is the
-cross-entropy of the unmasked logits, which is what the official trainers optimise.
+t < P, EOS at t = P and visual codes after, and every forward adds it to the returned logits (a masked logit is the
+float32 minimum: no sampler can draw it, and no -inf reaches arithmetic on the logits). The loss is the cross-entropy
+of the unmasked logits, which is what the official trainers optimise.
 """
 
 import torch
@@ -37,8 +38,9 @@ class PrologueARRotary(PrologueRotaryEmbedding):
 
 
 def logit_mask(config: PrologueConfig, positions: torch.LongTensor) -> torch.Tensor:
-    """Sequence positions [T] -> additive mask [T, vocab_size]: 0 where the position may emit a token, -inf elsewhere
-    (prologue codes before P, EOS at P, visual codes after)."""
+    """Sequence positions [T] -> additive float32 mask [T, vocab_size]: 0 where the position may emit a token, the
+    float32 minimum elsewhere (prologue codes before P, EOS at P, visual codes after); added to a logit, it gives the
+    minimum itself."""
     prologue, eos = positions < config.num_prologue_tokens, config.has_eos & (positions == config.num_prologue_tokens)
     low = torch.where(prologue, config.prologue_offset, 0)
     high = torch.where(prologue, config.prologue_offset + config.prologue_vocab_size, config.visual_vocab_size)
@@ -46,7 +48,7 @@ def logit_mask(config: PrologueConfig, positions: torch.LongTensor) -> torch.Ten
         low, high = torch.where(eos, config.eos_token_id, low), torch.where(eos, config.eos_token_id + 1, high)
     vocab = torch.arange(config.vocab_size, device=positions.device)
     allowed = (vocab >= low[:, None]) & (vocab < high[:, None])
-    return torch.zeros(allowed.shape, device=positions.device).masked_fill(~allowed, float("-inf"))
+    return torch.zeros(allowed.shape, device=positions.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
 class PrologueForImageGeneration(PreTrainedModel):
@@ -67,6 +69,7 @@ class PrologueForImageGeneration(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
     _no_split_modules = ["PrologueBlock"]
+    _supports_sdpa = True
 
     def __init__(self, config: PrologueConfig):
         super().__init__(config)
@@ -75,8 +78,9 @@ class PrologueForImageGeneration(PreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(
-            PrologueBlock(config.hidden_size, config.num_attention_heads, config.intermediate_size, bias=False,
-                          dropout=config.residual_dropout, layer_idx=i)
+            PrologueBlock(config, config.hidden_size, config.num_attention_heads, config.intermediate_size, bias=False,
+                          is_causal=True, dropout=config.residual_dropout,
+                          attention_dropout=config.attention_dropout, layer_idx=i)
             for i in range(config.num_hidden_layers)
         )
         self.norm = PrologueRMSNorm(config.hidden_size)
@@ -88,6 +92,22 @@ class PrologueForImageGeneration(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)  # N(0, initializer_range) for linears and embeddings
         init_block_modules(module)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Refuses a new vocabulary size, before any weight changes: the ids are the tokenizer's visual codes, its
+        prologue codes and EOS (`PrologueConfig.vocab_size`), which `logit_mask` and the decoding read, so rows added
+        after EOS would be ids that no position may emit. Build a model with other `visual_vocab_size` /
+        `prologue_vocab_size` instead. The current size (or none) returns the input embeddings, as in transformers."""
+        size = self.config.vocab_size if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        if size != self.config.vocab_size:
+            raise ValueError(f"new_num_tokens: Prologue's vocabulary of {self.config.vocab_size} ids (visual codes, then "
+                             f"prologue codes and EOS when num_prologue_tokens > 0) follows visual_vocab_size and "
+                             f"prologue_vocab_size and cannot be resized to {size}; build a model with the sizes you "
+                             f"need instead")
+        return self.get_input_embeddings()
 
     def embed_class_labels(self, class_labels: torch.LongTensor) -> torch.Tensor:
         """[B] -> [B, 1, hidden]; in training a label becomes the null class with class_dropout_prob."""
@@ -155,7 +175,8 @@ class PrologueForImageGeneration(PreTrainedModel):
         past_key_values: Cache | None = None,
         use_cache: bool = False,
         cache_position: torch.LongTensor | None = None,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
         loss_reduction: str = "mean",
@@ -169,13 +190,20 @@ class PrologueForImageGeneration(PreTrainedModel):
                 products with the prologue embedding rows replace the embeddings of the first P input tokens.
             labels: [B, L] sequence tokens; the cross-entropy of the unmasked `logits[:, :L]`, averaged
                 (`loss_reduction="mean"`) or per token [B, L] ("none").
-            attention_bias: additive float bias [B, 1, T', T'] added to the causal mask of an uncached sequence
-                (ST-AR's masked attention); keep each query's own position open.
+            attention_bias: additive float bias [B, 1, T', T'] over the keys the causal rule allows, in an uncached
+                sequence (0 keeps a key, -inf or `torch.finfo(dtype).min` drops it; the mask stays finite). ST-AR's
+                masked attention; keep each query's own position open.
             past_key_values / use_cache: a transformers `Cache` to read and extend.
             cache_position: [T'] input positions of the new embeddings; derived from the cache length when omitted.
+            output_attentions: also return every layer's attention weights [B, heads, T', S] (S the keys). They
+                exist in eager attention only, which this call then runs whatever `config._attn_implementation` is.
             output_hidden_states: also return the embeddings and every layer's output, each [B, T', hidden].
+            (`output_attentions`, `output_hidden_states` and `return_dict` default to the config's, as in
+            transformers.)
             logits_to_keep: logits of the last `logits_to_keep` positions only (0: all).
         """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
@@ -192,16 +220,19 @@ class PrologueForImageGeneration(PreTrainedModel):
         if cache_position is None:
             cache_position = torch.arange(past_length, past_length + seq_len, device=hidden_states.device)
         rotary = self.rotary_emb(cache_position)
-        mask = None
-        if attention_bias is not None:
-            causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).tril()
-            mask = torch.zeros(causal.shape, device=hidden_states.device).masked_fill(~causal, float("-inf"))
-            mask = mask + attention_bias.to(mask.dtype)
+        attention_mask, num_keys = self._attention_mask(
+            hidden_states, cache_position, past_key_values, attention_bias, output_attentions
+        )
         all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, rotary, True, past_key_values, cache_position, mask)
+            hidden_states, attn_weights = layer(
+                hidden_states, rotary, past_key_values, attention_mask, num_keys, output_attentions
+            )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
         hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(self.norm(hidden_states)).float()  # [B, T' or logits_to_keep, V]
 
@@ -210,8 +241,36 @@ class PrologueForImageGeneration(PreTrainedModel):
             predicted = logits[:, : labels.shape[1]]
             loss = F.cross_entropy(predicted.transpose(1, 2), labels, reduction=loss_reduction)  # mean or [B, L]
         logits = logits + logit_mask(self.config, cache_position[-logits.shape[1] :])
-        output = CausalLMOutputWithPast(loss, logits, past_key_values, all_hidden_states)
+        output = CausalLMOutputWithPast(loss, logits, past_key_values, all_hidden_states, all_attentions)
         return output if return_dict else output.to_tuple()
+
+    def _attention_mask(self, hidden_states, cache_position, past_key_values, attention_bias, output_attentions):
+        """(mask, num_keys) for "query i sees key j iff j <= its position", plus `attention_bias`:
+
+        - no cache and no bias, SDPA without attention weights: (None, None), the kernel's own causal mask;
+        - one new token on the CPU over a cache (a decoding step): (None, position + 1), the filled slots only and no
+          mask (a static cache returns all its slots). Under torch.compile or on an accelerator, where the position
+          must not be read on the host, the masked form below keeps the shapes static;
+        - otherwise an additive mask [B or 1, 1, T, S] over the S keys (the T new ones without a cache, the cache's
+          slots with one), finite: the dtype's minimum where the causal rule hides a key, else the bias (0 without).
+        """
+        seq_len, device, dtype = cache_position.shape[0], hidden_states.device, hidden_states.dtype
+        if (past_key_values is None and attention_bias is None and not output_attentions
+                and self.config._attn_implementation != "eager"):
+            return None, None
+        if past_key_values is not None and seq_len == 1 and device.type == "cpu" and not torch.compiler.is_compiling():
+            return None, int(cache_position[0]) + 1
+        if past_key_values is None:
+            query_positions, num_keys = torch.arange(seq_len, device=device), seq_len
+        else:
+            query_positions, num_keys = cache_position, past_key_values.get_mask_sizes(seq_len, 0)[0]
+        allowed = torch.arange(num_keys, device=device) <= query_positions[:, None]  # [T, S]
+        if attention_bias is None:
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=device)[None, None]
+        else:  # [B, 1, T, T] in the dtype's finite range (-inf, or float32's min cast to half precision, is not)
+            mask = attention_bias.to(dtype).clamp_min(torch.finfo(dtype).min)
+        # hidden keys filled, not added: the minimum plus a bias of the minimum would overflow to -inf
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min), None
 
 
 __all__ = ["PrologueForImageGeneration", "logit_mask"]

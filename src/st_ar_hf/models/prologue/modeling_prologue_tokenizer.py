@@ -12,6 +12,7 @@ reads the visual codes only.
 """
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_prologue import PrologueVQVAEConfig
@@ -34,7 +36,10 @@ class PrologueVQVAEEncoderOutput(ModelOutput):
     prologue_one_hot: [B, num_prologue_tokens, prologue_codebook_size], one-hot in value, with the gradient of
         `softmax(cos / prologue_temperature)`: the path by which an AR prior's cross-entropy trains the encoder.
     latents: l2-normalised visual latents [B, h * w, codebook_embed_dim].
-    hidden_states: the (patch) encoder's output [B, h * w (+ num_prologue_tokens unless Prologue-Post), hidden_size].
+    last_hidden_state: the (patch) encoder's output [B, h * w (+ num_prologue_tokens unless Prologue-Post),
+        hidden_size].
+    hidden_states: with `output_hidden_states`, the (patch) encoder's input embeddings and the output of each of its
+        layers, each shaped as `last_hidden_state`.
     """
 
     indices: torch.LongTensor | None = None
@@ -42,7 +47,8 @@ class PrologueVQVAEEncoderOutput(ModelOutput):
     quantized: torch.FloatTensor | None = None
     prologue_one_hot: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
-    hidden_states: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -50,7 +56,7 @@ class PrologueVQVAEOutput(ModelOutput):
     """
     reconstruction: decoded pixels [B, 3, H, W], nominally in [-1, 1] (not clamped).
     codebook_loss: mean ||q - sg(z)||^2 of the visual codes; commitment_loss: commit_loss_beta * mean ||sg(q) - z||^2.
-    indices / prologue_indices / prologue_one_hot: as in `PrologueVQVAEEncoderOutput`.
+    indices / prologue_indices / prologue_one_hot / hidden_states: as in `PrologueVQVAEEncoderOutput`.
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -59,6 +65,7 @@ class PrologueVQVAEOutput(ModelOutput):
     indices: torch.LongTensor | None = None
     prologue_indices: torch.LongTensor | None = None
     prologue_one_hot: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class PrologueRMSNorm(nn.Module):
@@ -153,35 +160,55 @@ class PrologueLinear(nn.Linear):
         return (out if self.bias is None else out + self.bias).view(*x.shape[:-1], -1)
 
 
-class PrologueAttention(nn.Module):
-    """Multi-head attention with QK-norm (per head) and RoPE; `past_key_values` (a transformers `Cache`) extends a
-    causal sequence."""
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """matmul + softmax attention, transformers' "eager" (as Llama's, without grouped heads): q [B, H, T, D],
+    k and v [B, H, S, D], an additive mask [B or 1, 1, T, S] or None -> ([B, T, H, D], weights [B, H, T, S])."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    return torch.matmul(attn_weights, value).transpose(1, 2).contiguous(), attn_weights
 
-    def __init__(self, hidden_size: int, num_heads: int, out_bias: bool, dropout: float = 0.0, layer_idx: int = 0):
+
+class PrologueAttention(nn.Module):
+    """Multi-head attention with QK-norm (per head) and RoPE, computed by transformers' attention function of
+    `config._attn_implementation` ("sdpa" by default), or by eager attention when the weights are asked for (only it
+    forms them). `is_causal` is the tokenizer's False or the AR's True; `past_key_values` (a transformers `Cache`)
+    extends a causal sequence."""
+
+    def __init__(self, config, hidden_size: int, num_heads: int, out_bias: bool, is_causal: bool, dropout: float = 0.0,
+                 attention_dropout: float = 0.0, layer_idx: int = 0):
         super().__init__()
+        self.config, self.is_causal, self.attention_dropout = config, is_causal, attention_dropout
         self.num_heads, self.head_dim, self.layer_idx = num_heads, hidden_size // num_heads, layer_idx
+        self.scaling = self.head_dim**-0.5
         self.qkv_proj = PrologueLinear(hidden_size, 3 * hidden_size, bias=False)
         self.q_norm = PrologueRMSNorm(self.head_dim)
         self.k_norm = PrologueRMSNorm(self.head_dim)
         self.o_proj = PrologueLinear(hidden_size, hidden_size, bias=out_bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None, attention_mask=None):
-        """`attention_mask`: an additive float mask [B or 1, 1, T, S] that replaces the causal one (no cache)."""
+    def forward(self, x, rotary, past_key_values=None, attention_mask=None, num_keys=None, output_attentions=False):
+        """`attention_mask`: an additive float mask [B or 1, 1, T, S], None for the kernel's own (causal or full);
+        `num_keys`: attend the first `num_keys` cache slots only (a CPU decoding step)."""
         batch, length, _ = x.shape
         q, k, v = self.qkv_proj(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
         q, k = apply_rope(self.q_norm(q), *rotary), apply_rope(self.k_norm(k), *rotary)
-        mask = attention_mask
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # [B, H, S, D], S the cache's slots
-            if length == 1 and x.device.type == "cpu" and not torch.compiler.is_compiling():
-                filled = int(cache_position[0]) + 1  # a CPU decoding step: its query over the filled slots only
-                k, v = k[:, :, :filled], v[:, :, :filled]
-            else:  # query i sees the slots up to its own position
-                mask = torch.arange(k.shape[2], device=x.device)[None, :] <= cache_position[:, None]  # [T, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None
-                                             and past_key_values is None)
-        return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)))
+        if num_keys is not None:
+            k, v = k[:, :, :num_keys], v[:, :, :num_keys]
+        if output_attentions:
+            attention_interface: Callable = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        out, attn_weights = attention_interface(
+            self, q, k, v, attention_mask, dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling
+        )  # [B, T, H, D]
+        return self.dropout(self.o_proj(out.reshape(batch, length, -1))), attn_weights
 
 
 class PrologueMLP(nn.Module):
@@ -201,22 +228,25 @@ class PrologueMLP(nn.Module):
 class PrologueBlock(nn.Module):
     """Pre-norm block with a learned per-channel gate on each residual branch: x + g_attn * attn(norm(x)), then
     x + g_mlp * mlp(norm(x)). `bias` sets the biases of the MLP and the attention output (the tokenizer's have them,
-    the AR's not)."""
+    the AR's not); `config` is the model's, read for its attention implementation."""
 
-    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, bias: bool, dropout: float = 0.0,
-                 layer_idx: int = 0):
+    def __init__(self, config, hidden_size: int, num_heads: int, intermediate_size: int, bias: bool,
+                 is_causal: bool = False, dropout: float = 0.0, attention_dropout: float = 0.0, layer_idx: int = 0):
         super().__init__()
         self.attn_norm = PrologueRMSNorm(hidden_size)
-        self.attn = PrologueAttention(hidden_size, num_heads, bias, dropout, layer_idx)
+        self.attn = PrologueAttention(config, hidden_size, num_heads, bias, is_causal, dropout, attention_dropout,
+                                      layer_idx)
         self.attn_gate = nn.Parameter(torch.ones(hidden_size))
         self.mlp_norm = PrologueRMSNorm(hidden_size)
         self.mlp = PrologueMLP(hidden_size, intermediate_size, bias, dropout)
         self.mlp_gate = nn.Parameter(torch.ones(hidden_size))
 
-    def forward(self, x, rotary, is_causal=False, past_key_values=None, cache_position=None, attention_mask=None):
-        x = x + self.attn_gate * self.attn(self.attn_norm(x), rotary, is_causal, past_key_values, cache_position,
-                                           attention_mask)
-        return x + self.mlp_gate * self.mlp(self.mlp_norm(x))
+    def forward(self, x, rotary, past_key_values=None, attention_mask=None, num_keys=None, output_attentions=False):
+        """-> (x [B, T, hidden], attention weights [B, H, T, S] or None)."""
+        attn_output, attn_weights = self.attn(self.attn_norm(x), rotary, past_key_values, attention_mask, num_keys,
+                                              output_attentions)
+        x = x + self.attn_gate * attn_output
+        return x + self.mlp_gate * self.mlp(self.mlp_norm(x)), attn_weights
 
 
 @torch.no_grad()
@@ -268,19 +298,24 @@ class PrologueEncoder(nn.Module):
         # [num_prologue_tokens, hidden]
         self.prologue_queries = nn.Parameter(torch.zeros(config.num_prologue_tokens, hidden_size)) if with_queries else None
         self.layers = nn.ModuleList(
-            PrologueBlock(hidden_size, num_heads, round(hidden_size * mlp_ratio), bias=True) for _ in range(num_layers)
+            PrologueBlock(config, hidden_size, num_heads, round(hidden_size * mlp_ratio), bias=True)
+            for _ in range(num_layers)
         )
         self.rotary_emb = PrologueGridQueriesRotary(config) if with_queries else PrologueGridRotary(config)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """inputs [B, N, input_dim] -> hidden [B, N (+ num_prologue_tokens), hidden]."""
+    def forward(self, inputs: torch.Tensor, output_hidden_states: bool = False):
+        """inputs [B, N, input_dim] -> (hidden [B, N (+ num_prologue_tokens), hidden], with `output_hidden_states`
+        the input embeddings and each layer's output, else None)."""
         x = self.input_proj(inputs)
         if self.prologue_queries is not None:
             x = torch.cat([x, self.prologue_queries.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
         rotary = self.rotary_emb()
+        all_hidden_states = (x,) if output_hidden_states else None
         for layer in self.layers:
-            x = layer(x, rotary)
-        return x
+            x, _ = layer(x, rotary)
+            if output_hidden_states:
+                all_hidden_states += (x,)
+        return x, all_hidden_states
 
 
 class PrologueDecoder(nn.Module):
@@ -289,7 +324,7 @@ class PrologueDecoder(nn.Module):
         width = config.decoder_hidden_size
         self.code_embed = nn.Linear(config.codebook_embed_dim, width)
         self.layers = nn.ModuleList(
-            PrologueBlock(width, config.num_decoder_heads, round(width * config.mlp_ratio), bias=True)
+            PrologueBlock(config, width, config.num_decoder_heads, round(width * config.mlp_ratio), bias=True)
             for _ in range(config.num_decoder_layers)
         )
         self.norm = PrologueRMSNorm(width)
@@ -301,7 +336,7 @@ class PrologueDecoder(nn.Module):
         x = self.code_embed(codes)
         rotary = self.rotary_emb()
         for layer in self.layers:
-            x = layer(x, rotary)
+            x, _ = layer(x, rotary)
         return self.to_patches(self.norm(x).float())
 
 
@@ -322,6 +357,7 @@ class PrologueVQVAE(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["PrologueBlock"]
+    _supports_sdpa = True
 
     def __init__(self, config: PrologueVQVAEConfig):
         super().__init__(config)
@@ -373,23 +409,24 @@ class PrologueVQVAE(PreTrainedModel):
             raise ValueError(f"pixel_values must be a tensor [B, {channels}, {size}, {size}] in [-1, 1], got {shape}")
 
     @apply_forward_hook
-    def encode(self, pixel_values: torch.FloatTensor) -> PrologueVQVAEEncoderOutput:
-        """pixel_values [B, 3, H, W] in [-1, 1] -> visual and prologue codes."""
+    def encode(self, pixel_values: torch.FloatTensor, output_hidden_states: bool = False) -> PrologueVQVAEEncoderOutput:
+        """pixel_values [B, 3, H, W] in [-1, 1] -> visual and prologue codes (and, with `output_hidden_states`, the
+        (patch) encoder's hidden states)."""
         self._check_pixels(pixel_values)
         grid, num_patches = self.config.grid_size, self.config.grid_size**2
-        hidden = self.encoder(self.patchify(pixel_values))
+        hidden, all_hidden_states = self.encoder(self.patchify(pixel_values), output_hidden_states)
         latents, _, indices = self.quantizer(hidden[:, :num_patches])
         quantized = latents + (self.quantizer.codes(indices) - latents).detach()
         prologue_indices = prologue_one_hot = None
         if self.prologue_quantizer is not None:
-            prologue_hidden = (self.prologue_encoder(hidden) if self.prologue_encoder is not None else hidden)[:, num_patches:]
+            prologue_hidden = (self.prologue_encoder(hidden)[0] if self.prologue_encoder is not None else hidden)[:, num_patches:]
             _, similarity, prologue_indices = self.prologue_quantizer(prologue_hidden)
             probs = (similarity / self.config.prologue_temperature).softmax(-1)
             hard = F.one_hot(prologue_indices, self.config.prologue_codebook_size).to(probs.dtype)
             prologue_one_hot = probs + (hard - probs).detach()
         return PrologueVQVAEEncoderOutput(
             indices=indices.view(-1, grid, grid), prologue_indices=prologue_indices, quantized=quantized,
-            prologue_one_hot=prologue_one_hot, latents=latents, hidden_states=hidden,
+            prologue_one_hot=prologue_one_hot, latents=latents, last_hidden_state=hidden, hidden_states=all_hidden_states,
         )
 
     @apply_forward_hook
@@ -408,18 +445,23 @@ class PrologueVQVAE(PreTrainedModel):
         """visual code vectors [B, h * w, E] -> pixels [B, 3, H, W]."""
         return self.unpatchify(self.decoder(codes))
 
-    def forward(self, pixel_values: torch.FloatTensor, decode: bool = True) -> PrologueVQVAEOutput:
+    def forward(self, pixel_values: torch.FloatTensor, decode: bool = True, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None) -> PrologueVQVAEOutput | tuple:
         """Reconstruction through the straight-through visual codes, with the visual VQ losses. `decode=False` skips
-        the decoder (reconstruction None), for Prologue-Post's prologue stage, whose visual path is frozen."""
-        encoded = self.encode(pixel_values)
+        the decoder (reconstruction None), for Prologue-Post's prologue stage, whose visual path is frozen.
+        `output_hidden_states` / `return_dict` default to the config's, as in transformers."""
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoded = self.encode(pixel_values, output_hidden_states)
         codes = self.quantizer.codes(encoded.indices.flatten(1))
         codebook_loss = (codes - encoded.latents.detach()).pow(2).mean()
         commitment_loss = self.config.commit_loss_beta * (codes.detach() - encoded.latents).pow(2).mean()
-        return PrologueVQVAEOutput(
+        output = PrologueVQVAEOutput(
             reconstruction=self.decode_codes(encoded.quantized) if decode else None, codebook_loss=codebook_loss,
             commitment_loss=commitment_loss, indices=encoded.indices, prologue_indices=encoded.prologue_indices,
-            prologue_one_hot=encoded.prologue_one_hot,
+            prologue_one_hot=encoded.prologue_one_hot, hidden_states=encoded.hidden_states,
         )
+        return output if return_dict else output.to_tuple()
 
 
 def __getattr__(name: str):
