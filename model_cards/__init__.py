@@ -21,7 +21,7 @@ RECONSTRUCTION_TASK = ("image-feature-extraction", "Image reconstruction")
 IMAGENET, MNIST = "ILSVRC/imagenet-1k", "ylecun/mnist"  # the official checkpoints' data; the embedded digits' source
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
-# results keys (those of `st-ar evaluate --out`, and rFID/PSNR/SSIM for tokenizers) -> metric names on the card
+# results keys (those of `st-ar evaluate --output-file`, and rFID/PSNR/SSIM for tokenizers) -> metric names on the card
 METRICS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score", "precision": "Precision",
            "recall": "Recall", "rfid": "rFID", "psnr": "PSNR (dB)", "ssim": "SSIM", "codebook_usage": "Codebook usage"}
 PIXEL_METRICS = ("psnr", "ssim", "codebook_usage")  # the others come from a feature network, which the name gives
@@ -84,7 +84,7 @@ def training_base_model(arguments: dict) -> str | list[str] | None:
 
 
 def eval_results(results: dict, dataset: str, task: tuple[str, str]) -> list[EvalResult]:
-    """Model-index entries of one results dict (as written by `st-ar evaluate --out`: metric values, `feature_network`,
+    """Model-index entries of one results dict (as written by `st-ar evaluate --output-file`: metric values, `feature_network`,
     `num_samples`, `num_reference`) on the data set `dataset`. Metric names carry the feature network, since FIDs
     on different networks are different numbers. Metrics the evaluation marked unreliable (None) are left out."""
     found = [key for key in METRICS if results.get(key) is not None]

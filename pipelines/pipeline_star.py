@@ -1,9 +1,9 @@
 """STARPipeline: class-conditional image generation with any family's transformer (LlamaGen and Prologue token by
 token, VAR and FlexVAR scale by scale) and its VQ tokenizer.
 
-This file and the modules beside it (`sampling.py`, and one `decoding_<family>.py` per model family) are the
-pipeline's only code: `save_pretrained(..., remote_code=True)` copies them to the repo root, so nothing here may import
-`st_ar_hf` (the models are reached through their components).
+This file and the modules it imports (`sampling.py`, `imagenet_labels.py`, one `decoding_<family>.py` per model family)
+are the pipeline's only code: `save_pretrained` copies them to the folder's root, so nothing here may import `st_ar_hf`
+at module level (the models are reached through their components).
 """
 
 import ast
@@ -34,6 +34,7 @@ from .imagenet_labels import IMAGENET_ID2LABEL
 from .sampling import Generators
 
 logger = logging.get_logger(__name__)
+LOADING_LOGGER = logging.get_logger("diffusers.pipelines.pipeline_utils")  # where diffusers logs each component it loads
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DOWNLOAD_ARGUMENTS = ("cache_dir", "revision", "token", "force_download", "local_files_only")  # of snapshot_download
@@ -468,12 +469,19 @@ class STARPipeline(DiffusionPipeline):
         folder = Path(pretrained_model_name_or_path)
         if not folder.is_dir():
             folder = Path(cls.download(str(pretrained_model_name_or_path), **kwargs))
+        to_load = [name for name in ("transformer", "vqvae") if name not in kwargs]
+        variant = kwargs.get("variant")
+        if variant is not None and not any(file for name in to_load for file in (folder / name).glob(f"*.{variant}[.-]*")):
+            raise ValueError(f"variant: You are trying to load the model files of the `variant={variant}`, but no such "
+                             f"modeling files are available in {folder}")  # diffusers' words
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-        components = {}
-        for name in ("transformer", "vqvae"):
+        components = {name: kwargs[name] for name in ("transformer", "vqvae") if name in kwargs}
+        for name in to_load:
             component_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
-            components[name] = kwargs[name] if name in kwargs else AutoModel.from_pretrained(
-                folder / name, dtype=component_dtype, variant=kwargs.get("variant"), device_map=kwargs.get("device_map"))
+            components[name] = AutoModel.from_pretrained(folder / name, dtype=component_dtype, variant=variant,
+                                                         device_map=kwargs.get("device_map"))
+            LOADING_LOGGER.info(f"Loaded {name} as {type(components[name]).__name__} from `{name}` subfolder of "
+                                f"{pretrained_model_name_or_path}.")
         pipeline = cls(**components, id2label=kwargs.get("id2label", cls.load_config(folder).get("id2label")))
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline

@@ -114,8 +114,8 @@ def test_cli_writes_loadable_directories_with_cards(tmp_path):
     from st_ar_hf.cli import main as cli_main
 
     assert cli_main(["convert", "llamagen-gpt", "--checkpoint", str(tmp_path / "c2i.pt"), "--num-attention-heads", "4",
-                     "--block-size", "16", "--output", str(tmp_path / "gpt")]) == 0
-    assert cli_main(["convert", "llamagen-vq", "--checkpoint", str(tmp_path / "vq.pt"), "--output", str(tmp_path / "vq")]) == 0
+                     "--block-size", "16", "--output-dir", str(tmp_path / "gpt")]) == 0
+    assert cli_main(["convert", "llamagen-vq", "--checkpoint", str(tmp_path / "vq.pt"), "--output-dir", str(tmp_path / "vq")]) == 0
     run = [sys.executable, "-m", "st_ar_hf.cli", "convert"]  # the installed entry point, for the error path
     for name in ("gpt", "vq"):
         assert {p.name for p in (tmp_path / name).iterdir()} >= {"config.json", "model.safetensors", "README.md"}
@@ -123,6 +123,6 @@ def test_cli_writes_loadable_directories_with_cards(tmp_path):
     assert "base_model: FoundationVision/LlamaGen" in card and "c2i.pt" in card and "| `block_size` | `16` |" in card
     assert isinstance(LlamaGenForImageGeneration.from_pretrained(tmp_path / "gpt"), LlamaGenForImageGeneration)
     assert isinstance(LlamaGenVQVAE.from_pretrained(tmp_path / "vq"), LlamaGenVQVAE)
-    bad = subprocess.run(run + ["llamagen-gpt", "--checkpoint", str(tmp_path / "c2i.pt"), "--output", str(tmp_path / "x")],
+    bad = subprocess.run(run + ["llamagen-gpt", "--checkpoint", str(tmp_path / "c2i.pt"), "--output-dir", str(tmp_path / "x")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "num_attention_heads" in bad.stderr and "Traceback" not in bad.stderr

@@ -146,16 +146,16 @@ def test_cli_writes_pipelines_of_either_family(tmp_path, capsys):
     torch.save({"model": random_state_dict(vq_shapes)}, tmp_path / "FlexVAE.pth")
 
     code, _, err = convert_cli("var-vqvae", "--checkpoint", tmp_path / "vae.pth", "--patch-nums", 1, 2, 4,
-                               "--output", tmp_path / "vae", capsys=capsys)
+                               "--output-dir", tmp_path / "vae", capsys=capsys)
     assert code == 0, err
     assert "base_model: FoundationVision/var" in (tmp_path / "vae" / "README.md").read_text()
     code, out, err = convert_cli("var", "--checkpoint", tmp_path / "var.pth", "--patch-nums", 1, 2, 4, "--vqvae",
-                                 tmp_path / "vae", "--output", tmp_path / "var-pipe", capsys=capsys)
+                                 tmp_path / "vae", "--output-dir", tmp_path / "var-pipe", capsys=capsys)
     assert code == 0 and "a STARPipeline of VARForImageGeneration" in out, err
     assert "base_model: FoundationVision/var" in (tmp_path / "var-pipe" / "README.md").read_text()
     command = subprocess.run([sys.executable, "-m", "st_ar_hf.cli", "convert", "flexvar", "--checkpoint",
                               str(tmp_path / "flexvar.pth"), "--patch-nums", "1", "2", "4", "--vqvae-checkpoint",
-                              str(tmp_path / "FlexVAE.pth"), "--output", str(tmp_path / "flexvar-pipe")],
+                              str(tmp_path / "FlexVAE.pth"), "--output-dir", str(tmp_path / "flexvar-pipe")],
                              capture_output=True, text=True)
     assert command.returncode == 0, command.stderr
     for name, transformer in (("var-pipe", VARForImageGeneration), ("flexvar-pipe", FlexVARForImageGeneration)):
@@ -170,12 +170,12 @@ def test_cli_writes_pipelines_of_either_family(tmp_path, capsys):
     # bad input: each names the argument, exits 2 before writing anything
     for args, message in (
         (["flexvar", "--checkpoint", tmp_path / "flexvar.pth", "--patch-nums", 1, 2, 4, "--vqvae", tmp_path / "vae",
-          "--output", tmp_path / "x"], "decodes with a llamagen_vqvae tokenizer, got a var_vqvae"),
-        (["var", "--checkpoint", tmp_path / "flexvar.pth", "--output", tmp_path / "x"],
+          "--output-dir", tmp_path / "x"], "decodes with a llamagen_vqvae tokenizer, got a var_vqvae"),
+        (["var", "--checkpoint", tmp_path / "flexvar.pth", "--output-dir", tmp_path / "x"],
          "--checkpoint: checkpoint holds a FlexVAR transformer"),
-        (["var", "--checkpoint", tmp_path / "var.pth", "--vqvae-checkpoint", tmp_path / "FlexVAE.pth", "--output",
+        (["var", "--checkpoint", tmp_path / "var.pth", "--vqvae-checkpoint", tmp_path / "FlexVAE.pth", "--output-dir",
           tmp_path / "x"], "--vqvae-checkpoint: checkpoint has no 'encoder.down.0.block.0.conv1.weight'"),
-        (["var", "--checkpoint", tmp_path / "var.pth", "--vqvae", tmp_path, "--output", tmp_path / "x"],
+        (["var", "--checkpoint", tmp_path / "var.pth", "--vqvae", tmp_path, "--output-dir", tmp_path / "x"],
          "--vqvae .*: no config.json"),
     ):
         code, _, err = convert_cli(*args, capsys=capsys)

@@ -219,9 +219,9 @@ def test_pulling_a_missing_or_foreign_repo_gives_a_clear_cli_error(tmp_path):
     (tmp_path / "hub" / "org" / "ddpm").mkdir(parents=True)
     (tmp_path / "hub" / "org" / "ddpm" / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     with FakeHub(tmp_path / "hub") as endpoint:
-        missing = _st_ar("sample", "--model", "org/missing", "--labels", "1", "--out", "x.png", tmp_path=tmp_path,
+        missing = _st_ar("sample", "--model", "org/missing", "--labels", "1", "--output-file", "x.png", tmp_path=tmp_path,
                          endpoint=endpoint)
-        foreign = _st_ar("sample", "--model", "org/ddpm", "--labels", "1", "--out", "x.png", tmp_path=tmp_path,
+        foreign = _st_ar("sample", "--model", "org/ddpm", "--labels", "1", "--output-file", "x.png", tmp_path=tmp_path,
                          endpoint=endpoint)
     assert missing.returncode == 2 and "--model 'org/missing' is neither a local folder nor a Hub repo" in missing.stderr
     assert foreign.returncode == 2 and "holds a DDPMPipeline pipeline, not a STARPipeline" in foreign.stderr

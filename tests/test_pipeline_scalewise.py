@@ -236,9 +236,9 @@ def test_cli_sample_takes_a_schedule(flexvar_pipe, tmp_path):
     flexvar_pipe.save_pretrained(tmp_path / "pipe")
     run = [sys.executable, "-m", "st_ar_hf.cli", "sample", "--model", str(tmp_path / "pipe"), "--labels", "golden retriever",
            "7", "--num-images-per-label", "2", "--top-k", "20"]
-    assert cli_main(run[3:] + ["--scales", "1", "2", "3", "6", "--out", str(tmp_path / "grid.png")]) == 0
+    assert cli_main(run[3:] + ["--scales", "1", "2", "3", "6", "--output-file", str(tmp_path / "grid.png")]) == 0
     assert PIL.Image.open(tmp_path / "grid.png").size == (2 * 12, 2 * 12)  # a final side of 6: 12 px images
-    bad = subprocess.run(run + ["--scales", "1", "3", "2", "--out", str(tmp_path / "x.png")], capture_output=True,
+    bad = subprocess.run(run + ["--scales", "1", "3", "2", "--output-file", str(tmp_path / "x.png")], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "scales must increase strictly from 1" in bad.stderr and "Traceback" not in bad.stderr
 

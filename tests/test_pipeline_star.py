@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import PIL.Image
@@ -170,6 +171,22 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert torch.equal(actual.tokens, expected.tokens) and np.allclose(actual.images, expected.images, atol=1e-6)
 
 
+
+def test_from_pretrained_takes_diffusers_loading_arguments(pipe, tmp_path, caplog):
+    """A variant (refused in diffusers' words when no component has it), a dtype per component, a component passed
+    in; each loaded component is logged where diffusers logs it."""
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert (tmp_path / "fp16" / "transformer" / "model.fp16.safetensors").is_file()
+    with caplog.at_level(logging.INFO, logger="diffusers.pipelines.pipeline_utils"):
+        loaded = STARPipeline.from_pretrained(tmp_path / "fp16", variant="fp16",
+                                              dtype={"transformer": torch.bfloat16, "default": torch.float32})
+    assert loaded.transformer.dtype == torch.bfloat16 and loaded.vqvae.dtype == torch.float32
+    assert "Loaded transformer as LlamaGenForImageGeneration" in caplog.text and "Loaded vqvae as" in caplog.text
+    pipe.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="load the model files of the `variant=fp16`"):
+        STARPipeline.from_pretrained(tmp_path / "plain", variant="fp16")
+    assert STARPipeline.from_pretrained(tmp_path / "plain", vqvae=pipe.vqvae).vqvae is pipe.vqvae
+
 def test_dtype_conversion_keeps_sampling(pipe):
     pipe.to(dtype=torch.bfloat16)
     assert pipe.transformer.dtype == torch.bfloat16
@@ -226,13 +243,13 @@ def test_cli_sample_writes_a_grid_and_reports_bad_labels(pipe, tmp_path):
 
     pipe.save_pretrained(tmp_path / "pipe")
     run = [sys.executable, "-m", "st_ar_hf.cli", "sample", "--model", str(tmp_path / "pipe"), "--guidance-scale", "2.0"]
-    assert cli_main(run[3:] + ["--labels", "2", "7", "--num-images-per-label", "2", "--out", str(tmp_path / "a.png")]) == 0
+    assert cli_main(run[3:] + ["--labels", "2", "7", "--num-images-per-label", "2", "--output-file", str(tmp_path / "a.png")]) == 0
     assert cli_main(run[3:] + ["--labels", "Golden Retriever", "pizza", "--num-images-per-label", "2",
-                               "--out", str(tmp_path / "b.png")]) == 0
+                               "--output-file", str(tmp_path / "b.png")]) == 0
     grid = PIL.Image.open(tmp_path / "a.png")
     assert grid.size == (2 * 8, 2 * 8)  # a row per label, a column per image
     assert np.array_equal(np.asarray(grid), np.asarray(PIL.Image.open(tmp_path / "b.png")))
-    bad = subprocess.run(run + ["--labels", "golden retreiver", "--out", str(tmp_path / "x.png")],
+    bad = subprocess.run(run + ["--labels", "golden retreiver", "--output-file", str(tmp_path / "x.png")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "closest: 'golden retriever'" in bad.stderr and "Traceback" not in bad.stderr
 

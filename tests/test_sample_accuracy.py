@@ -88,12 +88,12 @@ def test_st_ar_evaluate_reports_sample_accuracy_and_names_bad_classifier_flags(b
     base = ["evaluate", "--samples", str(tmp_path / "samples.npz"), "--reference", str(tmp_path / "reference.npz"),
             "--feature-network", "efficientnet-lite0"]
     train = ["--classifier-train", str(tmp_path / "train.npz"), "--classifier-test", str(tmp_path / "test.npz")]
-    assert cli_main([*base, *train, "--save-classifier", str(tmp_path / "clf"), "--out", str(tmp_path / "r.json")]) == 0
+    assert cli_main([*base, *train, "--save-classifier", str(tmp_path / "clf"), "--output-file", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert 0 <= results["sample_accuracy"] <= 1 and set(results["per_class"]) == {"0", "1", "2"}
     assert results["classifier"] == f"CNN trained on {tmp_path / 'train.npz'}" and (tmp_path / "clf" / "model.safetensors").is_file()
     bar_classifier.save_pretrained(tmp_path / "bars")
-    assert cli_main([*base, "--classifier", str(tmp_path / "bars"), "--out", str(tmp_path / "given.json")]) == 0
+    assert cli_main([*base, "--classifier", str(tmp_path / "bars"), "--output-file", str(tmp_path / "given.json")]) == 0
     given = json.loads((tmp_path / "given.json").read_text())
     assert given["sample_accuracy"] == sample_accuracy(bar_classifier, samples, labels)["sample_accuracy"]
     capsys.readouterr()

@@ -128,7 +128,7 @@ def find_export(run_dir: str | Path) -> tuple[Path, str]:
 
 
 def load_eval_results(files: list[str | Path], dataset: str | None, task: tuple[str, str]) -> list:
-    """The `EvalResult`s of results JSON files such as `st-ar evaluate --out` writes, on the data set `dataset`."""
+    """The `EvalResult`s of results JSON files such as `st-ar evaluate --output-file` writes, on the data set `dataset`."""
     results = []
     for file in map(Path, files):
         if not file.is_file():
