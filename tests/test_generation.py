@@ -108,3 +108,20 @@ def test_fast_decoding_samples_the_same_tokens_as_the_full_forward_reference(tin
     fast = generate(tiny_gpt, class_labels, guidance_scale=2.0, top_k=30, generator=torch.Generator().manual_seed(11),
                     compile=compile)
     assert torch.equal(fast, _reference_generate(tiny_gpt, class_labels, 2.0, 30, seed=11))
+
+
+def test_model_generate_is_the_pipelines_decoding(tiny_gpt, tiny_vq, monkeypatch):
+    """transformers users' reflex, `model.generate(class_labels=..., guidance_scale=...)`, gives the pipeline's tokens
+    for the same arguments and generators; without the package's decoding it says how to sample instead."""
+    from st_ar_hf import LlamaGenForImageGeneration, STARPipeline
+
+    tokens = tiny_gpt.generate(class_labels=[2, 7], guidance_scale=2.0, top_k=10,
+                               generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    pipe = STARPipeline(transformer=tiny_gpt, vqvae=tiny_vq, id2label={i: f"class {i}" for i in range(10)})
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe([2, 7], guidance_scale=2.0, top_k=10, output_type="latent",
+                    generator=[torch.Generator().manual_seed(i) for i in range(2)]).tokens
+    assert tokens.shape == (2, tiny_gpt.config.block_size) and torch.equal(tokens, expected.flatten(1))
+    monkeypatch.setattr(LlamaGenForImageGeneration, "decoding", None)  # as in a remote-code copy without the package
+    with pytest.raises(RuntimeError, match="DiffusionPipeline.from_pretrained"):
+        tiny_gpt.generate(class_labels=[2])

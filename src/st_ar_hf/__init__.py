@@ -17,6 +17,7 @@ from .models.var import (
     VARVQVAEConfig,
 )
 from .pipelines import STARPipeline, STARPipelineOutput
+from .pipelines.decoding_llamagen import generate as generate_llamagen
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,8 @@ for _config, _model in (
     # saved directories carry their code and an `auto_map`, so they load with trust_remote_code=True anywhere
     _config.register_for_auto_class()
     _model.register_for_auto_class("AutoModel")
+# `model.generate(class_labels, guidance_scale=...)` of the token-by-token models runs the pipeline's decoding
+LlamaGenForImageGeneration.decoding = staticmethod(generate_llamagen)
 
 DEPRECATED_NAMES = {"PrologueTokenizer": "PrologueVQVAE", "PrologueTokenizerConfig": "PrologueVQVAEConfig"}
 

@@ -219,6 +219,27 @@ class LlamaGenForImageGeneration(PreTrainedModel):
             init.copy_(module.cos, cos)
             init.copy_(module.sin, sin)
 
+    # The token-by-token decoding of st_ar_hf's pipeline (`pipelines/decoding_llamagen.generate`), set when st_ar_hf is
+    # imported: it lives once, beside the other families' decodings, and a saved folder carries no copy of it.
+    decoding: Callable | None = None
+
+    def generate(self, class_labels: torch.LongTensor | list[int], guidance_scale: float = 1.0, **kwargs) -> torch.LongTensor:
+        r"""Samples the image tokens of each class label with the pipeline's decoding: class_labels [B] -> tokens
+        [B, block_size], the row-major codes of the grid (`vqvae.decode(tokens.view(B, grid_size, grid_size))` draws
+        them). Same tokens as `STARPipeline` for the same arguments and generators.
+
+        Args:
+            guidance_scale: classifier-free guidance on raw logits against the null class; 1.0 is off.
+            kwargs: the decoding's `cfg_interval`, `temperature`, `top_k`, `top_p`, `do_sample`, `generator` (one, or
+                one per label), `callback` and `compile`.
+        """
+        if self.decoding is None:
+            raise RuntimeError("generate runs the decoding of the st-ar-hf package (pip install st-ar-hf, then import "
+                               "st_ar_hf); without it, sample with the pipeline, e.g. DiffusionPipeline.from_pretrained("
+                               "repo_id, trust_remote_code=True)")
+        class_labels = torch.as_tensor(class_labels, device=self.device)
+        return self.decoding(self, class_labels, guidance_scale=guidance_scale, **kwargs)
+
     @property
     def max_sequence_length(self) -> int:
         return self.config.cls_token_num + self.config.block_size
