@@ -389,6 +389,15 @@ def test_fixed_prologue_resamples_only_the_visual_tokens(pipe):
     assert len({tuple(t.flatten().tolist()) for t in again.tokens}) > 1  # new details
 
 
+
+def test_model_generate_is_the_pipelines_decoding(pipe):
+    """`model.generate(class_labels, guidance_scale=...)` gives the pipeline's visual and prologue codes."""
+    visual, prologue = pipe.transformer.generate([3, 8], guidance_scale=(0.7, 3.0, 0.2), temperature=(1.0, 0.9),
+                                                 generator=gens(0, 1))
+    expected = pipe([3, 8], guidance_scale=(0.7, 3.0, 0.2), temperature=(1.0, 0.9), generator=gens(0, 1),
+                    output_type="latent")
+    assert torch.equal(visual, expected.tokens.flatten(1)) and torch.equal(prologue, expected.prologue_tokens)
+
 def test_image_i_depends_only_on_generator_i(pipe):
     alone = pipe([5], generator=gens(9), output_type="latent")
     batch = pipe([1, 5, 2], generator=gens(3, 9, 4), output_type="latent")

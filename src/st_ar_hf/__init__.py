@@ -18,6 +18,7 @@ from .models.var import (
 )
 from .pipelines import STARPipeline, STARPipelineOutput
 from .pipelines.decoding_llamagen import generate as generate_llamagen
+from .pipelines.decoding_prologue import generate as generate_prologue
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ for _config, _model in (
     _model.register_for_auto_class("AutoModel")
 # `model.generate(class_labels, guidance_scale=...)` of the token-by-token models runs the pipeline's decoding
 LlamaGenForImageGeneration.decoding = staticmethod(generate_llamagen)
+PrologueForImageGeneration.decoding = staticmethod(generate_prologue)
 
 DEPRECATED_NAMES = {"PrologueTokenizer": "PrologueVQVAE", "PrologueTokenizerConfig": "PrologueVQVAEConfig"}
 

@@ -14,6 +14,8 @@ float32 minimum: no sampler can draw it, and no -inf reaches arithmetic on the l
 of the unmasked logits, which is what the official trainers optimise.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,6 +110,30 @@ class PrologueForImageGeneration(PreTrainedModel):
                              f"prologue_vocab_size and cannot be resized to {size}; build a model with the sizes you "
                              f"need instead")
         return self.get_input_embeddings()
+
+    # The decoding of st_ar_hf's pipeline (`pipelines/decoding_prologue.generate`), set when st_ar_hf is imported: it
+    # lives once, beside the other families' decodings, and a saved folder carries no copy of it.
+    decoding: Callable | None = None
+
+    def generate(self, class_labels: torch.LongTensor | list[int], guidance_scale: float | tuple = 1.0,
+                 **kwargs) -> tuple[torch.LongTensor, torch.LongTensor]:
+        r"""Samples `[prologue] [EOS] [visual]` for each class label with the pipeline's decoding: class_labels [B] ->
+        (visual codes [B, num_visual_tokens], prologue codes [B, num_prologue_tokens]), which the tokenizer's
+        `decode` turns into images. Same tokens as `STARPipeline` for the same arguments and generators.
+
+        Args:
+            guidance_scale: a number, (scale, power) or (prologue scale, visual scale, power) (split CFG); 1.0 is off.
+                The paper's setting for this model is `config.default_guidance_scale`.
+            kwargs: the decoding's `temperature` (a number or a (prologue, visual) pair), `top_k`, `top_p`,
+                `do_sample`, `generator` (one, or one per label), `callback` and `prologue_tokens` (prologue codes to
+                keep: only the visual tokens are drawn).
+        """
+        if self.decoding is None:
+            raise RuntimeError("generate runs the decoding of the st-ar-hf package (pip install st-ar-hf, then import "
+                               "st_ar_hf); without it, sample with the pipeline, e.g. DiffusionPipeline.from_pretrained("
+                               "repo_id, trust_remote_code=True)")
+        class_labels = torch.as_tensor(class_labels, device=self.device)
+        return self.decoding(self, class_labels, guidance_scale=guidance_scale, **kwargs)
 
     def embed_class_labels(self, class_labels: torch.LongTensor) -> torch.Tensor:
         """[B] -> [B, 1, hidden]; in training a label becomes the null class with class_dropout_prob."""
