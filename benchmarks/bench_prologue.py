@@ -106,7 +106,7 @@ def no_cache_reference(model, class_labels, generator):
     tokens = torch.empty(len(class_labels), 0, dtype=torch.long, device=class_labels.device)
     for step in range(config.sequence_length):
         cond, uncond = model(input_ids=torch.cat([tokens, tokens]), class_labels=labels).logits[:, -1].chunk(2)
-        logits = torch.where(cond.isneginf(), cond, uncond + (cond - uncond) * scales[step])
+        logits = uncond + (cond - uncond) * scales[step]  # masked entries stay at the float32 minimum
         noise = exponential_noise(generator, logits.shape, logits.device)
         tokens = torch.cat([tokens, sample(logits, noise=noise)[:, None]], dim=1)
     return tokens

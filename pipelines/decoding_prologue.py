@@ -18,7 +18,7 @@ import math
 import torch
 from transformers import StaticCache
 
-from .sampling import DecodingControl, Generators, exponential_noise, late_guidance_error, sample
+from .sampling import DecodingControl, Generators, exponential_noise, guide, late_guidance_error, sample
 
 
 def guidance_scale_at(guidance_scale, step: int, num_prologue: int, length: int) -> float:
@@ -101,9 +101,8 @@ def generate(
             tokens[:, step] = config.eos_token_id  # the only token the mask allows here
         else:
             scale = guidance_scale_at(control.guidance_scale, step, num_prologue, length)
-            if use_cfg:  # masked entries are -inf in both halves and stay so
-                cond, uncond = logits.chunk(2)
-                logits = torch.where(cond.isneginf(), cond, uncond + (cond - uncond) * scale)
+            if use_cfg:  # masked entries sit at the float32 minimum in both halves and stay there
+                logits = guide(logits, scale)
             elif scale != 1.0:
                 raise late_guidance_error(control.guidance_scale, unguided=1.0)
             noise = exponential_noise(generator, (batch, config.vocab_size), device) if do_sample else None
