@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
+# one torch thread per worker (and per process a test starts): torch's default of one per core runs four threads on
+# two cores, where the suite's many tiny operations wait on each other (docs/hf_ecosystem.md has the timings)
+export OMP_NUM_THREADS=1
 python -m pytest -n 2 --dist loadfile "$@"

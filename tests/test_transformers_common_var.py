@@ -70,10 +70,6 @@ class VARForImageGenerationTest(ModelTesterMixin, unittest.TestCase):
     def test_resize_embeddings_untied(self):
         pass
 
-    @unittest.skip(reason=VAR_HAS_NO_TOKEN_EMBEDDINGS)
-    def test_resize_embeddings_untied_no_reinit_on_post_init(self):
-        pass
-
 
 class FlexVARForImageGenerationTest(VARForImageGenerationTest):
     all_model_classes = (FlexVARForImageGeneration,)
