@@ -262,3 +262,16 @@ def test_pipeline_push_to_hub_keeps_its_own_card(run_dir, tmp_path):
     assert {"model_index.json", "transformer/model.safetensors", "vqvae/model.safetensors", "README.md"} <= files
     card = ModelCard.load(tmp_path / "hub" / "org" / "direct" / "README.md")
     assert "st-ar-hf" in card.data.tags and "STARPipeline.from_pretrained" in card.content
+
+
+def test_push_never_runs_the_code_the_folder_carries(run_dir, tmp_path):
+    """The export carries its code for users without the package; `st-ar push` renders the card with the package's
+    classes, so code planted in the folder's files does not run (it is uploaded as it is, for its readers to judge)."""
+    folder = run_dir / "pipeline"
+    for code in (folder / "pipeline_star.py", *folder.glob("*/*.py")):
+        code.write_text(code.read_text() + f"\nopen({str(tmp_path / 'ran')!r}, 'a').write('{code.name}')\n")
+    with FakeHub(tmp_path / "hub") as endpoint:
+        push = _st_ar("push", str(run_dir), "--repo-id", "org/planted", tmp_path=tmp_path, endpoint=endpoint)
+    assert push.returncode == 0, push.stderr[-3000:]
+    assert not (tmp_path / "ran").exists()
+    assert (tmp_path / "hub" / "org" / "planted" / "README.md").is_file()
