@@ -65,6 +65,21 @@ def test_center_crop_and_ten_crop_follow_torchvision_order():
     assert len(crop_views(image, 16, ten=False, flip=False)) == 1 and len(crop_views(image, 16, ten=False)) == 2
 
 
+@pytest.mark.parametrize("mode, image_format", [("I;16", "PNG"), ("I;16B", "TIFF")])
+def test_16_bit_grey_images_decode_by_their_range_instead_of_clipping_to_white(mode, image_format):
+    """A full-range 16-bit ramp written by PIL decodes to the full 8-bit ramp (PIL's convert gave 2 values, 99.6%
+    white); float pixels, whose range is unknown, are refused (None: skipped and counted)."""
+    ramp = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (4, 1))  # [4, 256]
+    buffer = io.BytesIO()
+    PIL.Image.frombytes(mode, (256, 4), ramp.astype(">u2" if mode == "I;16B" else "<u2").tobytes()).save(
+        buffer, format=image_format)
+    assert PIL.Image.open(io.BytesIO(buffer.getvalue())).mode == mode
+    image = decode_image({"bytes": buffer.getvalue(), "path": None})
+    full_ramp = np.tile(np.arange(256, dtype=np.uint8)[:, None], (4, 1, 3))  # [4, 256, 3]
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image), full_ramp)
+    assert decode_image(PIL.Image.fromarray(ramp.astype(np.float32))) is None
+
+
 def test_stream_skips_and_counts_corrupt_images(shards):
     stream = _stream(shards, batch_size=23)
     batch = next(iter(stream))

@@ -82,7 +82,9 @@ def class_names(dataset: IterableDataset, label_column: str) -> list[str] | None
 
 
 def decode_image(value) -> PIL.Image.Image | None:
-    """An RGB PIL image from a datasets image value ({"bytes", "path"} or PIL), None when it cannot be decoded."""
+    """An RGB PIL image from a datasets image value ({"bytes", "path"} or PIL), None when it cannot be decoded or its
+    range is unknown (32-bit integer or float pixels). 16-bit grey pixels are scaled from 0-65535 to 0-255 (PIL's own
+    conversion clips them to white); PIL reads 16-bit colour PNGs as 8-bit RGB itself."""
     try:
         if isinstance(value, PIL.Image.Image):
             image = value
@@ -91,6 +93,12 @@ def decode_image(value) -> PIL.Image.Image | None:
         else:
             image = PIL.Image.open(value["path"])
         image.load()
+        sixteen_bit = image.mode in ("I;16", "I;16L", "I;16B", "I;16N") or (image.mode == "I" and image.format == "PNG")
+        if sixteen_bit:  # (older PILs read 16-bit grey PNGs as I)
+            grey = np.asarray(image).astype(np.uint32)  # [H, W] in 0-65535
+            image = PIL.Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8))
+        elif image.mode in ("I", "F") or image.mode.startswith("I;"):
+            return None
         return image.convert("RGB")
     except (OSError, ValueError, AttributeError, TypeError, PIL.Image.DecompressionBombError):
         return None
