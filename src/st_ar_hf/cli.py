@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def _parser() -> FlagParser:
 
 
 def _evaluate(args) -> str:
-    from .evaluation import evaluate_generation, feature_network, load_adm_statistics, load_image_batch
+    from .evaluation import check_spatial_pool, evaluate_generation, feature_network, load_adm_statistics, load_image_batch
     from .sample_accuracy import load_labels, sample_accuracy
 
     if args.output_file:
@@ -135,14 +136,17 @@ def _evaluate(args) -> str:
         raise ValueError("--classifier-train and --classifier-test go together (a train and a held-out split)")
     if args.save_classifier and not args.classifier_train:
         raise ValueError("--save-classifier saves the classifier that --classifier-train trains: give it too")
+    if args.save_classifier:
+        _check_new_folder(args.save_classifier, "--save-classifier")
     samples, reference = load_image_batch(args.samples, "--samples"), load_image_batch(args.reference, "--reference")
     for flag, images in (("--samples", samples), ("--reference", reference)):
         if len(images) < 2:
             raise ValueError(f"{flag} holds {len(images)} image(s): the statistics need at least 2")
-    classifier = _sample_classifier(args, samples) if args.classifier or args.classifier_train else None
+    statistics = load_adm_statistics(args.samples), load_adm_statistics(args.reference, "--reference")
     network = feature_network(args.feature_network, args.inception_weights).to(args.device)
-    results = evaluate_generation(samples, reference, network, args.batch_size, load_adm_statistics(args.samples),
-                                  load_adm_statistics(args.reference, "--reference"), args.spatial_pool)
+    check_spatial_pool(network, samples, args.spatial_pool)  # before the classifier trains
+    classifier = _sample_classifier(args, samples) if args.classifier or args.classifier_train else None
+    results = evaluate_generation(samples, reference, network, args.batch_size, *statistics, args.spatial_pool)
     if classifier is not None:
         results.update(sample_accuracy(classifier, samples, load_labels(args.samples, len(samples))),
                        classifier=args.classifier or f"CNN trained on {args.classifier_train}")
@@ -157,19 +161,38 @@ def _evaluate(args) -> str:
 def _sample_classifier(args, samples):
     """The `SampleClassifier` of `st-ar evaluate`: loaded from --classifier, or trained on --classifier-train at the
     samples' resolution (and saved to --save-classifier); the samples' labels are checked first."""
-    from .sample_accuracy import SampleClassifier, fit_sample_classifier, load_labelled_images, load_labels
+    from .sample_accuracy import (check_labels_are_classes, fit_sample_classifier, load_labelled_images, load_labels,
+                                  load_sample_classifier)
 
-    load_labels(args.samples, len(samples))
+    labels = load_labels(args.samples, len(samples))
     if args.classifier:
-        if not (Path(args.classifier) / "model.safetensors").is_file():
-            raise ValueError(f"--classifier {args.classifier}: no model.safetensors (save one with --save-classifier)")
-        return SampleClassifier.from_pretrained(args.classifier)
+        classifier = load_sample_classifier(args.classifier, "--classifier")
+        check_labels_are_classes(labels, classifier.num_classes, f"--samples {args.samples}")
+        return classifier
     size = samples.shape[1]
-    classifier = fit_sample_classifier(*load_labelled_images(args.classifier_train, size, "--classifier-train"),
-                                       *load_labelled_images(args.classifier_test, size, "--classifier-test"))
-    if args.save_classifier:
-        classifier.save_pretrained(args.save_classifier)
+    train = load_labelled_images(args.classifier_train, size, "--classifier-train")
+    test = load_labelled_images(args.classifier_test, size, "--classifier-test")
+    check_labels_are_classes(labels, int(max(train[1].max(), test[1].max())) + 1, f"--samples {args.samples}")
+    classifier = fit_sample_classifier(*train, *test)
+    if args.save_classifier:  # written aside, then renamed into place: never a half-written or replaced folder
+        folder = Path(args.save_classifier)
+        staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+        classifier.save_pretrained(staging)
+        try:
+            staging.rename(folder)  # replaces an empty folder only
+        except OSError:
+            raise ValueError(f"--save-classifier {folder} was filled meanwhile: the classifier is in {staging}") from None
     return classifier
+
+
+def _check_new_folder(path: str, flag: str) -> None:
+    """Before any work: `path` is a new or empty folder in an existing one; nothing finished is overwritten."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{flag} {path} already holds {'files' if path.is_dir() else 'a file'}: choose a new or "
+                         f"empty folder")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist")
 
 
 def _push(args) -> str:

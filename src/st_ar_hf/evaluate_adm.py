@@ -19,7 +19,7 @@ import evaluate
 import numpy as np
 
 from st_ar_hf.evaluation import evaluate_generation, load_adm_statistics, load_image_batch
-from st_ar_hf.sample_accuracy import SampleClassifier, sample_accuracy
+from st_ar_hf.sample_accuracy import check_labels_are_classes, load_sample_classifier, sample_accuracy
 
 _DESCRIPTION = """FID, sFID, Inception Score, precision and recall (k = 3) by the ADM evaluator's protocol, on ADM's
 Inception-v3 when its weights are found ($ST_AR_INCEPTION_WEIGHTS or torch's hub cache), else on the offline
@@ -55,6 +55,11 @@ class EvaluateADM(evaluate.Metric):
         if reference_set is None:
             raise ValueError("references: expected the reference images or an ADM reference batch (.npz), given to "
                              "compute(references=...)")
+        if (labels is None) != (classifier is None):
+            raise ValueError("sample accuracy needs both `labels` (one per prediction) and `classifier` (a folder)")
+        if classifier is not None:  # checked before the features are computed
+            classifier, labels = load_sample_classifier(classifier, "classifier"), np.asarray(labels)
+            check_labels_are_classes(labels, classifier.num_classes)
         samples = _uint8_rgb(predictions)
         if isinstance(reference_set, (str, os.PathLike)):
             reference = load_image_batch(reference_set, "references")
@@ -64,10 +69,8 @@ class EvaluateADM(evaluate.Metric):
             reference = _uint8_rgb(feature.decode_example(feature.encode_example(image)) for image in reference_set)
             statistics = None
         results = evaluate_generation(samples, reference, reference_statistics=statistics)
-        if (labels is None) != (classifier is None):
-            raise ValueError("sample accuracy needs both `labels` (one per prediction) and `classifier` (a folder)")
         if classifier is not None:
-            results.update(sample_accuracy(SampleClassifier.from_pretrained(classifier), samples, np.asarray(labels)))
+            results.update(sample_accuracy(classifier, samples, labels))
         return results
 
 

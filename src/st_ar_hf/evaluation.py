@@ -50,10 +50,17 @@ def load_image_batch(path: str | Path, argument: str = "--samples") -> np.ndarra
 
 def load_adm_statistics(path: str | Path, argument: str = "--samples") -> dict[str, np.ndarray] | None:
     """The Inception statistics an ADM batch stores beside its images (`mu`, `sigma`: pool; `mu_s`, `sigma_s`:
-    spatial), or None when it stores none. ImageNet reference batches hold them for the whole training set."""
+    spatial), or None when it stores none. ImageNet reference batches hold them for the whole training set. Arrays
+    under other names, or only some of the four, are refused: statistics that are not read must not pass silently."""
     keys = ("mu", "sigma", "mu_s", "sigma_s")
-    _, statistics = _read_npz(Path(path), argument, list(keys))
-    return {key: statistics[key] for key in keys} if "mu" in statistics else None
+    names, statistics = _read_npz(Path(path), argument, list(keys))
+    if foreign := [name for name in names if name not in ("arr_0", "arr_1", *keys)]:
+        raise ValueError(f"{argument} {path}: arrays {foreign} are not named as in an ADM batch (arr_0 images, arr_1 "
+                         f"labels, statistics {', '.join(keys)})")
+    if statistics and len(statistics) < len(keys):
+        raise ValueError(f"{argument} {path}: holds the ADM statistics {list(statistics)} only, expected all of "
+                         f"{', '.join(keys)}")
+    return statistics or None
 
 
 def _read_npz(path: Path, argument: str, keys: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -141,6 +148,18 @@ def unreliable_reason(num_images: int, dims: int, kind: str) -> str | None:
     return f"{num_images} images for {dims}-d {kind} features: too few to estimate ({hint})"
 
 
+def check_spatial_pool(network, images: np.ndarray, spatial_pool: int | None) -> None:
+    """Before the features: `spatial_pool` fits the network's spatial map (its side read from one image)."""
+    if spatial_pool is None:
+        return
+    if not hasattr(network, "spatial_channels"):
+        raise ValueError(f"--spatial-pool: {network.name} does not say how many channels its spatial map has")
+    side = math.isqrt(network(torch.from_numpy(images[:1]))["spatial"].shape[1] // network.spatial_channels)
+    if spatial_pool > side:
+        raise ValueError(f"--spatial-pool {spatial_pool}: larger than the {side}x{side} spatial map of {network.name} "
+                         f"(expected K <= {side})")
+
+
 def pool_spatial(spatial: torch.Tensor, channels: int, size: int) -> torch.Tensor:
     """Spatial features [N, H * W * C] (channels last) average-pooled to a size x size grid: [N, size * size * C]."""
     side = math.isqrt(spatial.shape[1] // channels)
@@ -161,8 +180,7 @@ def evaluate_generation(samples: np.ndarray, reference: np.ndarray, network=None
                          f"{samples.shape[1]}x{samples.shape[2]}: resize the samples first (LlamaGen: bicubic)")
     network = network or feature_network()
     stored = getattr(network, "reads_adm_statistics", False)
-    if spatial_pool is not None and not hasattr(network, "spatial_channels"):
-        raise ValueError(f"--spatial-pool: {network.name} does not say how many channels its spatial map has")
+    check_spatial_pool(network, samples, spatial_pool)
     sample_features, reference_features = compute_features(network, samples, batch_size), compute_features(network, reference, batch_size)
     if spatial_pool is not None:
         for features in (sample_features, reference_features):

@@ -16,11 +16,14 @@ package: `InceptionV3Features.from_file` loads a local copy (with `weights_only=
 """
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 WEIGHT_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
 WEIGHTS_ENV = "ST_AR_INCEPTION_WEIGHTS"
@@ -201,12 +204,16 @@ class InceptionV3Features(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{argument} {path}: no such file (expected one of {', '.join(WEIGHT_FILES)})")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state_dict = load_file(path)
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            if path.suffix == ".safetensors":
+                state_dict = load_file(path)
+            else:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+        except (pickle.UnpicklingError, RuntimeError, EOFError, SafetensorError) as error:  # pickled objects, corrupt
+            raise ValueError(f"{argument} {path}: unreadable as weights ({type(error).__name__}): expected tensors only, "
+                             f"saved by torch.save or as .safetensors") from None
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{argument} {path}: holds a {type(state_dict).__name__}, expected a state dict")
         network = cls()
         expected = set(network.state_dict())
         missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)

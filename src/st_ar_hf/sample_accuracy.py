@@ -5,16 +5,18 @@ network is rough.
 
     classifier = fit_sample_classifier(train_images, train_labels, test_images, test_labels)
     classifier.save_pretrained("digit-classifier")          # config.json + model.safetensors
-    sample_accuracy(SampleClassifier.from_pretrained("digit-classifier"), samples, sample_labels)
+    sample_accuracy(load_sample_classifier("digit-classifier"), samples, sample_labels)
 """
 
 import glob
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
+from safetensors import SafetensorError
 from torch import nn
 
 from .evaluation import load_image_batch
@@ -93,9 +95,39 @@ def fit_sample_classifier(train_images: np.ndarray, train_labels: np.ndarray, te
     return classifier
 
 
+def load_sample_classifier(folder: str | Path, argument: str = "--classifier") -> SampleClassifier:
+    """A `SampleClassifier` saved by `save_pretrained`, its config.json and model.safetensors checked; errors name
+    `argument`."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file():
+        raise ValueError(f"{argument} {folder}: no model.safetensors (save one with --save-classifier)")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{argument} {folder}: config.json is missing or not JSON ({error})") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(key), int) and config[key] >= 1
+                                               for key in ("num_classes", "image_size")):
+        raise ValueError(f"{argument} {folder}: config.json is no SampleClassifier config (expected an object with "
+                         f"num_classes and image_size >= 1), got {str(config)[:80]}")
+    try:
+        return SampleClassifier.from_pretrained(folder)
+    except (TypeError, RuntimeError, SafetensorError) as error:  # unknown settings, other shapes, a corrupt file
+        raise ValueError(f"{argument} {folder}: its files do not make a SampleClassifier ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:200]})") from None
+
+
+def check_labels_are_classes(labels: np.ndarray, num_classes: int, argument: str = "labels") -> None:
+    """Refuses labels that are no class id of a `num_classes`-class classifier (they would score 0, not fail)."""
+    unknown = np.unique(labels[(labels < 0) | (labels >= num_classes)])
+    if len(unknown):
+        raise ValueError(f"{argument}: labels {unknown.tolist()[:10]} are not among the classifier's {num_classes} "
+                         f"classes (0..{num_classes - 1})")
+
+
 def sample_accuracy(classifier: SampleClassifier, images: np.ndarray, labels: np.ndarray) -> dict:
     """{"sample_accuracy": share of images [N, S, S, 3] classified as their label [N], "per_class": {label: share},
     "classifier_held_out_accuracy": the classifier's accuracy on real held-out images}."""
+    check_labels_are_classes(labels, classifier.num_classes)
     correct = classifier.predict(images) == labels
     return {
         "sample_accuracy": float(correct.mean()),
