@@ -89,13 +89,13 @@ def test_bad_prior_settings_are_named():
 
     with pytest.raises(ValueError, match="got a llamagen_vqvae"):
         TokenizerTrainingArguments(embedded_dataset_dir="x", prior_visual_weight=1.0).check_model(LlamaGenVQVAEConfig())
-    with pytest.raises(ValueError, match="--prior_visual_dropout in \\[0, 1\\)"):
+    with pytest.raises(ValueError, match="--prior_visual_dropout must be in \\[0, 1\\)"):
         TokenizerTrainingArguments(embedded_dataset_dir="x", prior_visual_dropout=1.0)
     with pytest.raises(ValueError, match="--image_size 24 differs from the tokenizer's 32"):
         TokenizerTrainingArguments(embedded_dataset_dir="x", image_size=24).check_model(tiny_prologue_tokenizer_config())
     with pytest.raises(ValueError, match="--disc_loss must be hinge or vanilla"):
         TokenizerTrainingArguments(embedded_dataset_dir="x", disc_loss="wasserstein")
-    with pytest.raises(ValueError, match="--disc_r1_interval >= 1"):
+    with pytest.raises(ValueError, match="--disc_r1_interval must be >= 1"):
         TokenizerTrainingArguments(embedded_dataset_dir="x", disc_r1_interval=0)
     with pytest.raises(ValueError, match="--train_visual false trains the prologue path by the prior's CE alone"):
         TokenizerTrainingArguments(embedded_dataset_dir="x", train_visual=False)

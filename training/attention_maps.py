@@ -14,13 +14,13 @@ over heads) is read at every query position. Writes:
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from st_ar_hf import LlamaGenForImageGeneration, STARPipeline
-from st_ar_hf.training.arguments import DataArguments, run_script
+from st_ar_hf.training.arguments import ANY, COUNT, NON_NEGATIVE, DataArguments, run_script, setting
 from st_ar_hf.training.data import center_crops, load_image_dataset, to_pixel_values
 
 
@@ -28,11 +28,11 @@ from st_ar_hf.training.data import center_crops, load_image_dataset, to_pixel_va
 class AttentionArguments(DataArguments):
     """Per-layer attention maps and the attention mass on class token / neighbours / the rest."""
 
-    model: str | None = field(default=None, metadata={"help": "STARPipeline folder or Hub repo id (required)"})
-    num_images: int = 16
-    query_step: int | None = field(default=None, metadata={"help": "the token whose prediction is shown (default: last)"})
-    radius: int = 1
-    output_dir: str = "runs/attention"
+    model: str | None = setting(None, ANY, "STARPipeline folder or Hub repo id (required)")
+    num_images: int = setting(16, COUNT)
+    query_step: int | None = setting(None, COUNT, "the token whose prediction is shown (default: last)")
+    radius: int = setting(1, NON_NEGATIVE, "Chebyshev distance of the neighbours on the token grid")
+    output_dir: str = setting("runs/attention", ANY)
 
     def __post_init__(self):
         super().__post_init__()

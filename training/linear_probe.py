@@ -12,7 +12,7 @@ the main process for `--epochs`, for every step. Writes `probe.json` (top-1 per 
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from st_ar_hf import STARPipeline
-from st_ar_hf.training.arguments import DataArguments, run_script
+from st_ar_hf.training.arguments import ANY, COUNT, NON_NEGATIVE, POSITIVE, DataArguments, Range, run_script, setting
 from st_ar_hf.training.data import (
     center_crops, check_columns, load_image_dataset, load_stream, to_pixel_values,
 )
@@ -34,19 +34,19 @@ from st_ar_hf.training.tracking import finish_run
 class LinearProbeArguments(DataArguments):
     """Linear probing of frozen GPT features per AR step."""
 
-    model: str | None = field(default=None, metadata={"help": "STARPipeline folder or Hub repo id (required)"})
-    layer: int = field(default=6, metadata={"help": "transformer layer whose output is probed (1..num_layers)"})
-    steps: str = field(default="32,64,96,128,160,192,224,256", metadata={"help": "comma-separated AR steps (1..T)"})
-    eval_split: str = "validation"
-    eval_data_files: str | None = field(default=None, metadata={"help": "held-out shards; embedded: its test shard"})
-    max_train_images: int | None = None
-    max_eval_images: int | None = None
-    epochs: int = 90
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    output_dir: str = "runs/probe"
+    model: str | None = setting(None, ANY, "STARPipeline folder or Hub repo id (required)")
+    layer: int = setting(6, COUNT, "transformer layer whose output is probed (at most num_layers)")
+    steps: str = setting("32,64,96,128,160,192,224,256", ANY, "comma-separated AR steps (1..T)")
+    eval_split: str = setting("validation", ANY)
+    eval_data_files: str | None = setting(None, ANY, "held-out shards; embedded: its test shard")
+    max_train_images: int | None = setting(None, COUNT)
+    max_eval_images: int | None = setting(None, COUNT)
+    epochs: int = setting(90, COUNT)
+    batch_size: int = setting(256, COUNT)
+    learning_rate: float = setting(1e-3, POSITIVE)
+    weight_decay: float = setting(0.0, NON_NEGATIVE)
+    seed: int = setting(0, Range(0, 2**32 - 1))
+    output_dir: str = setting("runs/probe", ANY)
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,22 +1,126 @@
 """Training arguments: dataclasses read from a YAML file (`--config`) and overridden on the command line.
 
 Every field is a command-line flag of the same name, spelt `--output_dir` or `--output-dir`. A YAML key that is not a
-field is an error, so a typo never silently falls back to a default.
+field is an error, so a typo never silently falls back to a default. Every field but a bool declares its domain beside
+it (`setting(default, domain)`), checked when the arguments are built, so no run starts on a value outside it.
 """
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..flags import FlagParser
 from .losses import AR_PASSES
 from .sar import RolloutSampling, check_flexvar_schedule
+
+
+@dataclass(frozen=True)
+class Range:
+    """Finite numbers from `low` to `high` (None: unbounded; `open_*`: the bound excluded), multiples of `multiple_of`."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    multiple_of: int | None = None
+
+    def admits(self, value) -> bool:
+        return (math.isfinite(value)
+                and (self.low is None or value > self.low or value == self.low and not self.open_low)
+                and (self.high is None or value < self.high or value == self.high and not self.open_high)
+                and (self.multiple_of is None or value % self.multiple_of == 0))
+
+    def describe(self, kind: type) -> str:
+        if self.high is None:
+            bounds = f"{'>' if self.open_low else '>='} {self.low}" + ("" if kind is int else " and finite")
+        else:
+            bounds = f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+        return f"a multiple of {self.multiple_of} and {bounds}" if self.multiple_of else bounds
+
+
+class Choice:
+    """One of the listed values."""
+
+    def __init__(self, *values):
+        self.values = values
+
+    def admits(self, value) -> bool:
+        return value in self.values
+
+    def describe(self, kind: type) -> str:
+        if len(self.values) == 2:
+            return " or ".join(map(str, self.values))
+        return "one of " + ", ".join(map(str, self.values))
+
+
+class Anything:
+    """Free text (paths, ids, names checked where they are opened) and JSON overrides (checked by the model config)."""
+
+    def admits(self, value) -> bool:
+        return True
+
+    def describe(self, kind: type) -> str:
+        return "any value"
+
+
+class MixedPrecision:
+    """accelerate's precisions that this machine runs (on a CPU, accelerate trains fp16 silently in fp32); fp8 needs
+    transformer_engine or torchao, which the project does not use. bf16 support is read from the compute capability:
+    `torch.cuda.is_bf16_supported` allocates on GPU 0 in every process."""
+
+    def admits(self, value) -> bool:
+        if value == "fp16":
+            return torch.cuda.is_available()
+        if value == "bf16":
+            return not torch.cuda.is_available() or torch.cuda.get_device_capability(0)[0] >= 8
+        return value == "no"
+
+    def describe(self, kind: type) -> str:
+        return "no, fp16 (on a CUDA GPU) or bf16 (on a CPU or a GPU of compute capability >= 8)"
+
+
+ANY = Anything()
+COUNT = Range(1)  # sizes, step intervals, limits
+NON_NEGATIVE = Range(0)  # loss weights, weight decay, step counts where 0 is off
+POSITIVE = Range(0, open_low=True)
+FRACTION_BELOW_ONE = Range(0, 1, open_high=True)  # EMA decays, Adam betas, dropout, label smoothing
+NONZERO_FRACTION = Range(0, 1, open_low=True)  # top-p (1.0: off), crop fractions
+# diffusers' SchedulerType names that get_scheduler builds from these arguments (piecewise_constant needs step rules)
+DIFFUSERS_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+def setting(default, domain, help: str | None = None):
+    """A field whose value must lie in `domain` (`Range`, `Choice`, `MixedPrecision` or `ANY`); None, where the
+    annotation allows it, means "the default" and is always admitted."""
+    return field(default=default, metadata={"domain": domain, "help": help})
+
+
+def domain_of(f: dataclasses.Field, annotation):
+    """The declared domain of field `f`; a bool takes either value."""
+    if _flag_type(annotation) is bool:
+        return ANY
+    if "domain" not in f.metadata:
+        raise TypeError(f"setting {f.name} declares no domain: define it with setting(default, domain)")
+    return f.metadata["domain"]
+
+
+def check_domains(args) -> None:
+    """Refuses the first value outside its field's domain, naming the flag, the value and the domain."""
+    hints = typing.get_type_hints(type(args))
+    for f in dataclasses.fields(args):
+        value, domain = getattr(args, f.name), domain_of(f, hints[f.name])
+        if value is None and type(None) in typing.get_args(hints[f.name]):
+            continue
+        if not domain.admits(value):
+            raise ValueError(f"--{f.name} must be {domain.describe(_flag_type(hints[f.name]))}, got {value!r}")
 
 
 @dataclass
@@ -26,30 +130,25 @@ class DataArguments:
     DATA_SOURCES = ("embedded_dataset_dir", "dataset", "train_data_files")  # exactly one is given
 
     # data: a Hub dataset id, local files in one of the `datasets` builder formats, or the embedded MNIST digits
-    embedded_dataset_dir: str | None = field(
-        default=None, metadata={"help": "write the embedded MNIST-5k shards here (once) and train on them"})
-    dataset: str | None = field(default=None, metadata={"help": "Hub dataset id, e.g. ILSVRC/imagenet-1k"})
-    dataset_config: str | None = field(default=None, metadata={"help": "configuration name of --dataset"})
-    train_data_files: str | None = field(default=None, metadata={"help": "local shards: a glob, or a folder for imagefolder"})
-    data_format: str = field(default="parquet", metadata={"help": "parquet, webdataset or imagefolder (with --train_data_files)"})
-    split: str = "train"
-    image_column: str = "image"
-    label_column: str = "label"
-    image_size: int = 256
-    shuffle_buffer: int = 1000
-    shuffle_input_shards: int = field(default=10, metadata={"help": "shards mixed into the shuffle buffer at once"})
-    max_skipped_in_a_row: int = field(
-        default=1000, metadata={"help": "stop with an error after this many unusable (undecodable) examples in a row"})
+    embedded_dataset_dir: str | None = setting(None, ANY, "write the embedded MNIST-5k shards here (once) and train on them")
+    dataset: str | None = setting(None, ANY, "Hub dataset id, e.g. ILSVRC/imagenet-1k")
+    dataset_config: str | None = setting(None, ANY, "configuration name of --dataset")
+    train_data_files: str | None = setting(None, ANY, "local shards: a glob, or a folder for imagefolder")
+    data_format: str = setting("parquet", Choice("parquet", "webdataset", "imagefolder"), "with --train_data_files")
+    split: str = setting("train", ANY)
+    image_column: str = setting("image", ANY)
+    label_column: str = setting("label", ANY)
+    image_size: int = setting(256, Range(4, multiple_of=4), "tokenizers downsample by 4, 8 or 16")
+    shuffle_buffer: int = setting(1000, COUNT)
+    shuffle_input_shards: int = setting(10, COUNT, "shards mixed into the shuffle buffer at once")
+    max_skipped_in_a_row: int = setting(
+        1000, COUNT, "stop with an error after this many unusable (undecodable) examples in a row")
 
     def __post_init__(self):
+        check_domains(self)
         sources = [name for name in self.DATA_SOURCES if getattr(self, name) is not None]
         if len(sources) != 1:
             raise ValueError(f"give exactly one data source of {['--' + n for n in self.DATA_SOURCES]}, got {sources}")
-        if self.data_format not in ("parquet", "webdataset", "imagefolder"):
-            raise ValueError(f"--data_format must be parquet, webdataset or imagefolder, got {self.data_format!r}")
-        for name in ("image_size", "shuffle_buffer", "shuffle_input_shards", "max_skipped_in_a_row"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def data_source(self) -> str:
@@ -61,9 +160,9 @@ class DataArguments:
 @dataclass
 class HubArguments:
     push_to_hub: bool = False
-    hub_model_id: str | None = field(default=None, metadata={"help": "repo id; default: the output folder's name"})
+    hub_model_id: str | None = setting(None, ANY, "repo id; default: the output folder's name")
     hub_private_repo: bool = False
-    upload_retries: int = 3
+    upload_retries: int = setting(3, COUNT)
 
 
 @dataclass
@@ -71,43 +170,35 @@ class RunArguments(HubArguments, DataArguments):
     """What every training script shares: data, optimisation, precision, logging, checkpoints, Hub."""
 
     # optimisation
-    seed: int = 0
-    train_batch_size: int = field(default=32, metadata={"help": "images per process and step"})
-    gradient_accumulation_steps: int = 1
-    max_train_steps: int = 1000
-    learning_rate: float = 1e-4
+    seed: int = setting(0, Range(0, 2**32 - 1))  # numpy's seeds
+    train_batch_size: int = setting(32, COUNT, "images per process and step")
+    gradient_accumulation_steps: int = setting(1, COUNT)
+    max_train_steps: int = setting(1000, COUNT)
+    learning_rate: float = setting(1e-4, POSITIVE)
     scale_lr: bool = field(default=False, metadata={"help": "multiply the lr by global batch / 256 (LlamaGen: 1e-4 per 256)"})
-    lr_scheduler: str = field(default="constant", metadata={"help": "a diffusers.optimization scheduler name"})
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_weight_decay: float = 0.05
-    max_grad_norm: float = 1.0
-    mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16 or bf16; default: accelerate's config"})
-    max_nonfinite_steps: int = field(default=10, metadata={"help": "stop after this many non-finite losses in a row"})
+    lr_scheduler: str = setting("constant", Choice(*DIFFUSERS_SCHEDULERS), "a diffusers.optimization scheduler")
+    lr_warmup_steps: int = setting(0, NON_NEGATIVE)
+    adam_beta1: float = setting(0.9, FRACTION_BELOW_ONE)
+    adam_beta2: float = setting(0.95, FRACTION_BELOW_ONE)
+    adam_weight_decay: float = setting(0.05, NON_NEGATIVE)
+    max_grad_norm: float = setting(1.0, POSITIVE)
+    mixed_precision: str | None = setting(None, MixedPrecision(), "default: accelerate's config")
+    max_nonfinite_steps: int = setting(10, COUNT, "stop after this many non-finite losses in a row")
     # outputs
-    output_dir: str = "runs/train"
-    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none"})
-    log_steps: int = 10
-    validation_steps: int = field(default=500, metadata={"help": "log a sample grid every N steps (0: only at the end)"})
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 3
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    output_dir: str = setting("runs/train", ANY)
+    report_to: str = setting("tensorboard", Choice("tensorboard", "wandb", "all", "none"))
+    log_steps: int = setting(10, COUNT)
+    validation_steps: int = setting(500, NON_NEGATIVE, "log a sample grid every N steps (0: only at the end)")
+    checkpointing_steps: int = setting(500, COUNT)
+    checkpoints_total_limit: int | None = setting(3, COUNT, "checkpoints kept (null: all)")
+    resume_from_checkpoint: str | None = setting(None, ANY, "a checkpoint folder or 'latest'")
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "a fresh run deletes another run's checkpoints and metrics in --output_dir"})
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "log_steps",
-                     "checkpointing_steps", "max_nonfinite_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_warmup_steps > 0 and self.lr_scheduler == "constant":
             raise ValueError("--lr_warmup_steps needs a scheduler with warmup, e.g. --lr_scheduler constant_with_warmup")
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.report_to not in ("tensorboard", "wandb", "all", "none"):
-            raise ValueError(f"--report_to must be tensorboard, wandb, all or none, got {self.report_to!r}")
 
 
 def _flag_type(annotation):
@@ -133,10 +224,12 @@ def parse_arguments(cls, argv=None, default_config: str | None = None):
     hints = typing.get_type_hints(cls)
     for name, f in fields.items():
         kind = _flag_type(hints[name])
+        domain = domain_of(f, hints[name])
+        help_text = "; ".join(filter(None, [f.metadata.get("help"), None if domain is ANY else domain.describe(kind)]))
         kind = {bool: _to_bool, dict: _json_mapping}.get(kind, kind)
         if type(None) in typing.get_args(hints[name]):  # `--vqvae null` unsets a value a config gave, as YAML's null
             kind = _or_null(kind)
-        parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=f.metadata.get("help"),
+        parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=help_text or None,
                             nargs="?" if kind is _to_bool else None, const=True if kind is _to_bool else None)
     argv = sys.argv[1:] if argv is None else argv
     flags = vars(parser.parse_args(argv))
@@ -213,46 +306,48 @@ class ARTrainingArguments(RunArguments):
     # what a resumed run may not change: the model's shape, its tokenizer, the data
     RESUME_FIXED = DATA_SOURCES + ("model", "model_config", "image_size", "num_classes", "vqvae", "projector_hidden_size")
 
-    train_codes: str | None = field(default=None, metadata={"help": "code shards of extract_codes.py: folder, glob or Hub id"})
-    num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's ClassLabel count"})
-    crop_range: float = field(default=1.1, metadata={"help": "images: centre crop to crop_range * image_size, then ten crops"})
+    train_codes: str | None = setting(None, ANY, "code shards of extract_codes.py: folder, glob or Hub id")
+    num_classes: int | None = setting(None, COUNT, "default: the dataset's ClassLabel count")
+    crop_range: float = setting(1.1, Range(1), "images: centre crop to crop_range * image_size, then ten crops")
     random_flip: bool = field(default=True, metadata={
         "help": "images: the ten crops include the five of the mirrored image; false for data that is not "
                 "mirror-symmetric (digits): five crops"})
     # models
-    vqvae: str | None = field(
-        default=None, metadata={"help": "LlamaGenVQVAE folder or Hub id; with --train_codes, default: the one that made them"})
-    tokenizer_config: str | None = field(
-        default=None, metadata={"help": "without --vqvae: train one first with this train_tokenizer.py YAML"})
-    model: str = field(default="B", metadata={"help": "a preset (B, L, XL, XXL, 3B) or a pretrained LlamaGen folder"})
-    model_config: dict | None = field(default=None, metadata={"help": "LlamaGenConfig overrides, as JSON on the command line"})
-    attn_implementation: str = "sdpa"
+    vqvae: str | None = setting(
+        None, ANY, "LlamaGenVQVAE folder or Hub id; with --train_codes, default: the one that made them")
+    tokenizer_config: str | None = setting(None, ANY, "without --vqvae: train one first with this train_tokenizer.py YAML")
+    model: str = setting("B", ANY, "a preset (B, L, XL, XXL, 3B) or a pretrained LlamaGen folder")
+    model_config: dict | None = setting(None, ANY, "LlamaGenConfig overrides, as JSON on the command line")
+    attn_implementation: str = setting("sdpa", ANY)
     gradient_checkpointing: bool = False
     # objective: L = ar_weight * L_AR + mim_weight * L_MIM + step_weight * L_step + view_weight * L_view
-    ar_weight: float = 1.0
-    mim_weight: float = field(default=1.0, metadata={"help": "alpha; 0 also drops the attention mask"})
-    step_weight: float = field(default=0.5, metadata={"help": "beta * 1 (the paper's beta = 0.5, no extra 1/2)"})
-    view_weight: float = field(default=0.5, metadata={"help": "beta * 1"})
-    mask_ratio: float = field(default=0.25, metadata={"help": "fraction r of key positions hidden from the student"})
-    ar_pass: str = field(default="masked", metadata={
-        "help": "L_AR's student pass under the mask: masked (one forward, the paper's figure), unmasked (a second "
-                "forward) or split (even sequences masked for L_MIM, odd ones plain for L_AR)"})
-    contrastive_layer: int | None = field(default=None, metadata={"help": "default num_layers // 2 (6 for B; the paper uses 18 for L)"})
-    num_positions: int = field(default=4, metadata={"help": "K positions sampled per batch for L_step / L_view"})
-    num_views: int | None = field(default=None, metadata={"help": "crops per image; default 2 with L_view, else 1"})
-    temperature: float = 0.2
-    projector_hidden_size: int | None = None
-    ema_decay: float = 0.9999
+    ar_weight: float = setting(1.0, NON_NEGATIVE)
+    mim_weight: float = setting(1.0, NON_NEGATIVE, "alpha; 0 also drops the attention mask")
+    step_weight: float = setting(0.5, NON_NEGATIVE, "beta * 1 (the paper's beta = 0.5, no extra 1/2)")
+    view_weight: float = setting(0.5, NON_NEGATIVE, "beta * 1")
+    mask_ratio: float = setting(0.25, Range(0, 1, open_low=True, open_high=True),
+                                "fraction r of key positions hidden from the student")
+    ar_pass: str = setting("masked", Choice(*AR_PASSES),
+                           "L_AR's student pass under the mask: masked (one forward, the paper's figure), unmasked (a "
+                           "second forward) or split (even sequences masked for L_MIM, odd ones plain for L_AR)")
+    contrastive_layer: int | None = setting(
+        None, COUNT, "default num_layers // 2 (6 for B; the paper uses 18 for L); at most the model's layers")
+    num_positions: int = setting(4, COUNT, "K positions sampled per batch for L_step / L_view")
+    num_views: int | None = setting(None, COUNT, "crops per image; default 2 with L_view, else 1")
+    temperature: float = setting(0.2, POSITIVE)
+    projector_hidden_size: int | None = setting(None, COUNT)
+    ema_decay: float = setting(0.9999, FRACTION_BELOW_ONE)
     # validation samples
-    validation_images_per_class: int = 4
-    validation_max_classes: int = 16
-    validation_guidance_scale: float = 2.0
-    validation_top_p: float = field(default=1.0, metadata={"help": "nucleus sampling of the grids and the final samples "
-                                                                    "(1.0: off, LlamaGen's default)"})
-    sample_accuracy_per_class: int = field(default=0, metadata={
-        "help": "at the end, sample N per class at the validation guidance and report the share a digit CNN trained on "
-                "--embedded_dataset_dir's train split reads as their class (0: off)"})
-    export_steps: int | None = field(default=None, metadata={"help": "also export (and push) a pipeline every N steps"})
+    validation_images_per_class: int = setting(4, COUNT)
+    validation_max_classes: int = setting(16, COUNT)
+    validation_guidance_scale: float = setting(2.0, NON_NEGATIVE)
+    validation_top_p: float = setting(1.0, NONZERO_FRACTION, "nucleus sampling of the grids and the final samples (1.0: off, "
+                                                  "LlamaGen's default)")
+    sample_accuracy_per_class: int = setting(0, NON_NEGATIVE,
+                                             "at the end, sample N per class at the validation guidance and report the "
+                                             "share a digit CNN trained on --embedded_dataset_dir's train split reads "
+                                             "as their class (0: off)")
+    export_steps: int | None = setting(None, COUNT, "also export (and push) a pipeline every N steps")
 
     def __post_init__(self):
         super().__post_init__()
@@ -262,28 +357,15 @@ class ARTrainingArguments(RunArguments):
             raise ValueError("training on images needs --vqvae, or --tokenizer_config to train one first")
         if self.tokenizer_config is not None and self.train_codes is not None:
             raise ValueError("--train_codes come with their tokenizer (codes_info.json or --vqvae): drop --tokenizer_config")
-        for name in ("ar_weight", "mim_weight", "step_weight", "view_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.validation_top_p <= 1:
-            raise ValueError(f"--validation_top_p must lie in (0, 1], got {self.validation_top_p}")
-        if self.sample_accuracy_per_class < 0 or (self.sample_accuracy_per_class and self.embedded_dataset_dir is None):
+        if self.sample_accuracy_per_class and self.embedded_dataset_dir is None:
             raise ValueError(f"--sample_accuracy_per_class {self.sample_accuracy_per_class}: expected 0, or N > 0 with "
                              "--embedded_dataset_dir (the classifier trains on its labelled digits)")
-        if self.ar_pass not in AR_PASSES:
-            raise ValueError(f"--ar_pass must be one of {', '.join(AR_PASSES)}, got {self.ar_pass!r}")
-        if not 0 < self.mask_ratio < 1:
-            raise ValueError(f"--mask_ratio must lie in (0, 1), got {self.mask_ratio}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if self.num_views is None:
             self.num_views = 2 if self.view_weight > 0 else 1
         if self.view_weight > 0 and self.num_views < 2:
             raise ValueError(f"--view_weight > 0 needs --num_views >= 2, got {self.num_views}")
         crops = 10 if self.random_flip else 5
-        if not 1 <= self.num_views <= crops:
+        if self.num_views > crops:
             raise ValueError(f"--num_views must lie in [1, {crops}] (the {crops} crops{'' if self.random_flip else ' without flips'}), "
                              f"got {self.num_views}")
         if (self.step_weight > 0 or self.view_weight > 0) and self.train_batch_size < 2:
@@ -315,65 +397,62 @@ class ScaleWiseTrainingArguments(RunArguments):
     RESUME_FIXED = RunArguments.DATA_SOURCES + (
         "model", "model_config", "image_size", "num_classes", "vqvae", "sigma", "rollout_scales", "rollout_targets")
 
-    num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's ClassLabel count"})
-    crop_ratio: float = field(default=1.125, metadata={"help": "resize the short side to crop_ratio * image_size, then "
-                                                                "a random square crop (VAR's mid_reso)"})
+    num_classes: int | None = setting(None, COUNT, "default: the dataset's ClassLabel count")
+    crop_ratio: float = setting(1.125, Range(1), "resize the short side to crop_ratio * image_size, then a random "
+                                                 "square crop (VAR's mid_reso)")
     random_flip: bool = False
     # models
-    model: str = field(default="flexvar-d16", metadata={
-        "help": "a preset (var-d16 .. var-d36, flexvar-d16 .. flexvar-d24) to train from scratch, or a folder: a "
-                "STARPipeline (its transformer and tokenizer) or a transformer"})
-    model_config: dict | None = field(default=None, metadata={"help": "VARConfig / FlexVARConfig overrides, as JSON"})
-    vqvae: str | None = field(default=None, metadata={
-        "help": "VARVQVAE (VAR) or LlamaGenVQVAE (FlexVAR) folder; default: the pipeline's given as --model"})
-    tokenizer_config: str | None = field(
-        default=None, metadata={"help": "without a tokenizer: train one first with this train_tokenizer.py YAML"})
-    pretrain_config: str | None = field(default=None, metadata={
-        "help": "when the --model folder does not exist: pre-train it first with this train_scalewise.py YAML"})
-    attn_implementation: str = "sdpa"
+    model: str = setting("flexvar-d16", ANY,
+                         "a preset (var-d16 .. var-d36, flexvar-d16 .. flexvar-d24) to train from scratch, or a "
+                         "folder: a STARPipeline (its transformer and tokenizer) or a transformer")
+    model_config: dict | None = setting(None, ANY, "VARConfig / FlexVARConfig overrides, as JSON")
+    vqvae: str | None = setting(
+        None, ANY, "VARVQVAE (VAR) or LlamaGenVQVAE (FlexVAR) folder; default: the pipeline's given as --model")
+    tokenizer_config: str | None = setting(
+        None, ANY, "without a tokenizer: train one first with this train_tokenizer.py YAML")
+    pretrain_config: str | None = setting(
+        None, ANY, "when the --model folder does not exist: pre-train it first with this train_scalewise.py YAML")
+    attn_implementation: str = setting("sdpa", ANY)
     gradient_checkpointing: bool = False
     # teacher forcing
     random_scales: bool | None = field(default=None, metadata={
         "help": "FlexVAR's random scale schedule per step (default: on for FlexVAR; VAR has one schedule)"})
-    label_smoothing: float = 0.0
+    label_smoothing: float = setting(0.0, FRACTION_BELOW_ONE)
     # SAR
-    sigma: float = field(default=0.0, metadata={"help": "weight of L_CSF; 0 is teacher forcing alone (SAR: 0.01)"})
-    rollout_scales: str = field(default="last", metadata={
-        "help": "last: the released code's penultimate -> last scale pass; all: every scale, the paper's figure"})
-    rollout_targets: str = field(default="teacher", metadata={
-        "help": "teacher: the teacher-forced tokens (CSF); ground_truth: the ablation tf_then_single_sf"})
+    sigma: float = setting(0.0, NON_NEGATIVE, "weight of L_CSF; 0 is teacher forcing alone (SAR: 0.01)")
+    rollout_scales: str = setting("last", Choice("last", "all"),
+                                  "last: the released code's penultimate -> last scale pass; all: every scale, the "
+                                  "paper's figure")
+    rollout_targets: str = setting("teacher", Choice("teacher", "ground_truth"),
+                                   "teacher: the teacher-forced tokens (CSF); ground_truth: the ablation "
+                                   "tf_then_single_sf")
     rollout_sampling: bool = field(default=False, metadata={"help": "draw the rollout tokens instead of argmax"})
-    rollout_guidance_scale: float | None = field(default=None, metadata={"help": "with rollout_sampling; default 1.2"})
-    rollout_top_k: int | None = field(default=None, metadata={"help": "with rollout_sampling; default 900"})
-    rollout_top_p: float | None = field(default=None, metadata={"help": "with rollout_sampling; default 0.96"})
+    rollout_guidance_scale: float | None = setting(None, NON_NEGATIVE, "with rollout_sampling; default 1.2")
+    rollout_top_k: int | None = setting(None, NON_NEGATIVE, "with rollout_sampling; default 900")
+    rollout_top_p: float | None = setting(None, NONZERO_FRACTION, "with rollout_sampling; default 0.96")
     # VAR's optimisation
-    learning_rate: float = field(default=1e-4, metadata={"help": "per 256 images with scale_lr (VAR's tblr)"})
+    learning_rate: float = setting(1e-4, POSITIVE, "per 256 images with scale_lr (VAR's tblr)")
     scale_lr: bool = True
-    max_grad_norm: float = 2.0
-    lr_scheduler: str = field(default="lin0", metadata={"help": "VAR's lin0, or a diffusers.optimization scheduler"})
-    lr_start_ratio: float = field(default=0.005, metadata={"help": "lin0: lr at step 0 over the peak (VAR's wp0)"})
-    lr_end_ratio: float = field(default=0.01, metadata={"help": "lin0: lr at the last step over the peak (VAR's wpe)"})
-    lr_schedule_offset: int = field(default=0, metadata={
-        "help": "lin0: steps of the schedule done before this run (a post-training continues its pre-training's decay)"})
-    lr_schedule_total: int | None = field(default=None, metadata={
-        "help": "lin0: the schedule's length in steps; default lr_schedule_offset + max_train_steps"})
+    max_grad_norm: float = setting(2.0, POSITIVE)
+    lr_scheduler: str = setting("lin0", Choice("lin0", *DIFFUSERS_SCHEDULERS),
+                                "VAR's lin0, or a diffusers.optimization scheduler")
+    lr_start_ratio: float = setting(0.005, Range(0, 1), "lin0: lr at step 0 over the peak (VAR's wp0)")
+    lr_end_ratio: float = setting(0.01, Range(0, 1), "lin0: lr at the last step over the peak (VAR's wpe)")
+    lr_schedule_offset: int = setting(0, NON_NEGATIVE, "lin0: steps of the schedule done before this run (a "
+                                                       "post-training continues its pre-training's decay)")
+    lr_schedule_total: int | None = setting(
+        None, COUNT, "lin0: the schedule's length in steps; default lr_schedule_offset + max_train_steps")
     # validation samples
-    validation_images_per_class: int = 4
-    validation_max_classes: int = 16
-    validation_guidance_scale: float = 1.5
-    validation_top_p: float = 1.0
-    export_steps: int | None = field(default=None, metadata={"help": "also export (and push) a pipeline every N steps"})
+    validation_images_per_class: int = setting(4, COUNT)
+    validation_max_classes: int = setting(16, COUNT)
+    validation_guidance_scale: float = setting(1.5, NON_NEGATIVE)
+    validation_top_p: float = setting(1.0, NONZERO_FRACTION)
+    export_steps: int | None = setting(None, COUNT, "also export (and push) a pipeline every N steps")
 
     def __post_init__(self):
         super().__post_init__()
         if self.vqvae is not None and self.tokenizer_config is not None:
             raise ValueError("give --vqvae or --tokenizer_config, not both")
-        if self.sigma < 0:
-            raise ValueError(f"--sigma must be >= 0, got {self.sigma}")
-        if self.rollout_scales not in ("last", "all"):
-            raise ValueError(f"--rollout_scales must be last or all, got {self.rollout_scales!r}")
-        if self.rollout_targets not in ("teacher", "ground_truth"):
-            raise ValueError(f"--rollout_targets must be teacher or ground_truth, got {self.rollout_targets!r}")
         given = [name for name in ("rollout_guidance_scale", "rollout_top_k", "rollout_top_p") if getattr(self, name) is not None]
         if given and not self.rollout_sampling:
             raise ValueError(f"{['--' + n for n in given]} set the sampled rollout: add --rollout_sampling, or drop "
@@ -383,10 +462,6 @@ class ScaleWiseTrainingArguments(RunArguments):
         if self.sigma > 0 and self.is_preset:
             raise ValueError(f"SAR (--sigma {self.sigma}) post-trains a pretrained scale-wise model: give --model a "
                              f"converted or trained folder, not the preset {self.model!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.crop_ratio < 1:
-            raise ValueError(f"--crop_ratio must be >= 1, got {self.crop_ratio}")
         if self.lr_schedule_total is not None and self.lr_schedule_total < self.lr_schedule_offset + self.max_train_steps:
             raise ValueError(f"--lr_schedule_total {self.lr_schedule_total} is shorter than --lr_schedule_offset + "
                              f"--max_train_steps ({self.lr_schedule_offset + self.max_train_steps})")
@@ -439,75 +514,58 @@ class TokenizerTrainingArguments(RunArguments):
 
     RESUME_FIXED = RunArguments.DATA_SOURCES + ("model", "model_config", "image_size")
 
-    model: str = field(default="VQ-16", metadata={
-        "help": "a LlamaGen preset (VQ-16, VQ-8; FlexVAR's tokenizer is one), var-vqvae (VAR's residual multi-scale "
-                "VQVAE), a Prologue preset (prologue-b, prologue-l; num_prologue_tokens 0 in --model_config is the "
-                "2D tokenizer) or a pretrained tokenizer folder"})
-    model_config: dict | None = field(default=None, metadata={
-        "help": "LlamaGenVQVAEConfig / VARVQVAEConfig / PrologueVQVAEConfig overrides, as JSON"})
-    reconstruction_loss: str = field(default="l2", metadata={"help": "l2 (LlamaGen), l1, or l1+l2 (Prologue)"})
-    reconstruction_weight: float = 1.0
-    min_crop_fraction: float = field(default=0.8, metadata={"help": "random crops cover this to 1.0 of the short side"})
+    model: str = setting("VQ-16", ANY,
+                         "a LlamaGen preset (VQ-16, VQ-8; FlexVAR's tokenizer is one), var-vqvae (VAR's residual "
+                         "multi-scale VQVAE), a Prologue preset (prologue-b, prologue-l; num_prologue_tokens 0 in "
+                         "--model_config is the 2D tokenizer) or a pretrained tokenizer folder")
+    model_config: dict | None = setting(None, ANY, "LlamaGenVQVAEConfig / VARVQVAEConfig / PrologueVQVAEConfig "
+                                                   "overrides, as JSON")
+    reconstruction_loss: str = setting("l2", Choice("l1", "l2", "l1+l2"), "l2 (LlamaGen), l1, or l1+l2 (Prologue)")
+    reconstruction_weight: float = setting(1.0, NON_NEGATIVE)
+    min_crop_fraction: float = setting(0.8, NONZERO_FRACTION, "random crops cover this to 1.0 of the short side")
     random_flip: bool = True
-    train_batch_size: int = 16
-    adam_weight_decay: float = 0.0  # LlamaGen parses --weight-decay for the tokenizer but never uses it
-    validation_images: int = 8
+    train_batch_size: int = setting(16, COUNT)
+    adam_weight_decay: float = setting(0.0, NON_NEGATIVE)  # LlamaGen parses --weight-decay for the tokenizer but never uses it
+    validation_images: int = setting(8, COUNT)
     # perceptual loss: LPIPS-VGG from local files (none ship in any package here)
-    perceptual_weight: float = 1.0
-    perceptual_vgg16: str | None = field(default=None, metadata={"help": "torchvision VGG16 ImageNet weights (.pth/.safetensors)"})
-    perceptual_lpips: str | None = field(default=None, metadata={"help": "the lpips package's vgg.pth (linear layers)"})
+    perceptual_weight: float = setting(1.0, NON_NEGATIVE)
+    perceptual_vgg16: str | None = setting(None, ANY, "torchvision VGG16 ImageNet weights (.pth/.safetensors)")
+    perceptual_lpips: str | None = setting(None, ANY, "the lpips package's vgg.pth (linear layers)")
     # PatchGAN discriminator, hinge loss (LlamaGen: weight 0.5 from step 20000, its own Adam)
-    disc_start: int = 20000
-    disc_weight: float = 0.5
-    disc_learning_rate: float | None = field(default=None, metadata={"help": "default: --learning_rate"})
-    disc_layers: int = 3
-    disc_base_channels: int = 64
-    disc_loss: str = field(default="hinge", metadata={"help": "hinge (LlamaGen) or vanilla (non-saturating, Prologue)"})
-    disc_lecam_weight: float = field(default=0.0, metadata={"help": "LeCam regulariser of the discriminator (Prologue: 0.001)"})
-    disc_r1_weight: float = field(default=0.0, metadata={"help": "R1 penalty of the discriminator (Prologue: 0.01)"})
-    disc_r1_interval: int = field(default=25, metadata={"help": "R1 on every this many steps, unscaled (Prologue: 25)"})
+    disc_start: int = setting(20000, NON_NEGATIVE)
+    disc_weight: float = setting(0.5, NON_NEGATIVE)
+    disc_learning_rate: float | None = setting(None, POSITIVE, "default: --learning_rate")
+    disc_layers: int = setting(3, COUNT)
+    disc_base_channels: int = setting(64, COUNT)
+    disc_loss: str = setting("hinge", Choice("hinge", "vanilla"), "hinge (LlamaGen) or vanilla (non-saturating, Prologue)")
+    disc_lecam_weight: float = setting(0.0, NON_NEGATIVE, "LeCam regulariser of the discriminator (Prologue: 0.001)")
+    disc_r1_weight: float = setting(0.0, NON_NEGATIVE, "R1 penalty of the discriminator (Prologue: 0.01)")
+    disc_r1_interval: int = setting(25, COUNT, "R1 on every this many steps, unscaled (Prologue: 25)")
     # Prologue's joint phase: an AR prior whose CE trains the prologue tokens (weights > 0 turn it on)
     train_visual: bool = field(default=True, metadata={
         "help": "false: the patch encoder, visual quantiser and decoder stay frozen and only the prologue path learns, "
                 "from the prior's CE alone (Prologue-Post: --model a trained 2D tokenizer folder, --model_config "
                 "with num_prologue_tokens and prologue_encoder_layers > 0)"})
-    prior_prologue_weight: float = field(default=0.0, metadata={"help": "weight of the prologue + EOS CE (official 3.0)"})
-    prior_visual_weight: float = field(default=0.0, metadata={"help": "weight of the visual CE (official 3.0)"})
-    prior_visual_dropout: float = field(default=0.5, metadata={"help": "share of samples whose visual inputs become EOS"})
-    prior_model: str = field(default="S", metadata={"help": "the prior's PrologueConfig preset"})
-    prior_config: dict | None = field(default=None, metadata={"help": "PrologueConfig overrides (train.sh: 7 layers)"})
-    prior_learning_rate: float = 1e-4
-    prior_adam_beta2: float = 0.99
-    prior_weight_decay: float = 0.03
-    prior_ema_decay: float | None = field(default=None, metadata={"help": "EMA of the prior (official half-life 2500 "
-                                                                        "steps: 0.99972)"})
+    prior_prologue_weight: float = setting(0.0, NON_NEGATIVE, "weight of the prologue + EOS CE (official 3.0)")
+    prior_visual_weight: float = setting(0.0, NON_NEGATIVE, "weight of the visual CE (official 3.0)")
+    prior_visual_dropout: float = setting(0.5, FRACTION_BELOW_ONE, "share of samples whose visual inputs become EOS")
+    prior_model: str = setting("S", ANY, "the prior's PrologueConfig preset")
+    prior_config: dict | None = setting(None, ANY, "PrologueConfig overrides (train.sh: 7 layers)")
+    prior_learning_rate: float = setting(1e-4, POSITIVE)
+    prior_adam_beta2: float = setting(0.99, FRACTION_BELOW_ONE)
+    prior_weight_decay: float = setting(0.03, NON_NEGATIVE)
+    prior_ema_decay: float | None = setting(None, FRACTION_BELOW_ONE, "EMA of the prior (official half-life 2500 steps: 0.99972)")
     # EMA of the tokenizer weights, exported instead of the raw ones when set (LlamaGen: 0.9999, off by default)
-    ema_decay: float | None = None
+    ema_decay: float | None = setting(None, FRACTION_BELOW_ONE)
     # held-out evaluation: PSNR, SSIM and codebook usage
-    eval_data_files: str | None = field(default=None, metadata={"help": "held-out shards; with --embedded_dataset_dir its test shard"})
-    eval_steps: int = 0
-    eval_images: int = 256
+    eval_data_files: str | None = setting(None, ANY, "held-out shards; with --embedded_dataset_dir its test shard")
+    eval_steps: int = setting(0, NON_NEGATIVE, "0: off")
+    eval_images: int = setting(256, COUNT)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.reconstruction_loss not in ("l1", "l2", "l1+l2"):
-            raise ValueError(f"--reconstruction_loss must be l1, l2 or l1+l2, got {self.reconstruction_loss!r}")
-        if not 0 < self.min_crop_fraction <= 1:
-            raise ValueError(f"--min_crop_fraction must lie in (0, 1], got {self.min_crop_fraction}")
         if (self.perceptual_vgg16 is None) != (self.perceptual_lpips is None):
             raise ValueError("give both --perceptual_vgg16 and --perceptual_lpips, or neither")
-        for name in ("ema_decay", "prior_ema_decay"):
-            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.disc_loss not in ("hinge", "vanilla"):
-            raise ValueError(f"--disc_loss must be hinge or vanilla, got {self.disc_loss!r}")
-        if min(self.disc_lecam_weight, self.disc_r1_weight) < 0 or self.disc_r1_interval < 1:
-            raise ValueError("--disc_lecam_weight and --disc_r1_weight must be >= 0 and --disc_r1_interval >= 1, got "
-                             f"{self.disc_lecam_weight}, {self.disc_r1_weight}, {self.disc_r1_interval}")
-        if min(self.prior_prologue_weight, self.prior_visual_weight) < 0 or not 0 <= self.prior_visual_dropout < 1:
-            raise ValueError("--prior_prologue_weight and --prior_visual_weight must be >= 0 and --prior_visual_dropout "
-                             f"in [0, 1), got {self.prior_prologue_weight}, {self.prior_visual_weight}, "
-                             f"{self.prior_visual_dropout}")
         if not self.train_visual and not self.uses_prior:
             raise ValueError("--train_visual false trains the prologue path by the prior's CE alone: set "
                              "--prior_prologue_weight or --prior_visual_weight > 0")
@@ -554,25 +612,19 @@ class TokenizerTrainingArguments(RunArguments):
 class ExtractCodesArguments(HubArguments, DataArguments):
     """LlamaGen's pre-tokenisation: the ten crops (or centre crop and its flip) of every image, encoded by a VQ."""
 
-    vqvae: str | None = field(default=None, metadata={"help": "LlamaGenVQVAE or PrologueVQVAE folder or Hub id "
-                                                             "(required); a Prologue tokenizer writes AR sequences "
-                                                             "[prologue] [EOS] [visual]"})
-    output_dir: str = "codes"
-    crop_range: float = field(default=1.1, metadata={"help": "centre crop to crop_range * image_size first"})
+    vqvae: str | None = setting(None, ANY, "LlamaGenVQVAE or PrologueVQVAE folder or Hub id (required); a Prologue "
+                                           "tokenizer writes AR sequences [prologue] [EOS] [visual]")
+    output_dir: str = setting("codes", ANY)
+    crop_range: float = setting(1.1, Range(1), "centre crop to crop_range * image_size first")
     ten_crop: bool = field(default=True, metadata={"help": "ten crops; false: the centre crop and its flip"})
     random_flip: bool = field(default=True, metadata={"help": "false: leave out the mirrored crops (five, or the centre "
                                                               "crop alone), for data that is not mirror-symmetric"})
-    batch_size: int = field(default=32, metadata={"help": "images per forward pass and process"})
-    shard_size: int = field(default=10000, metadata={"help": "examples per parquet shard"})
-    max_examples: int | None = field(default=None, metadata={"help": "stop after this many examples per process"})
-    mixed_precision: str | None = None
+    batch_size: int = setting(32, COUNT, "images per forward pass and process")
+    shard_size: int = setting(10000, COUNT, "examples per parquet shard")
+    max_examples: int | None = setting(None, COUNT, "stop after this many examples per process")
+    mixed_precision: str | None = setting(None, MixedPrecision(), "default: accelerate's config")
 
     def __post_init__(self):
         super().__post_init__()
         if self.vqvae is None:
             raise ValueError("--vqvae is required: the tokenizer whose codes to extract")
-        for name in ("batch_size", "shard_size", "upload_retries"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.crop_range < 1:
-            raise ValueError(f"--crop_range must be >= 1, got {self.crop_range}")
