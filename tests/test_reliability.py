@@ -467,3 +467,77 @@ def test_malformed_evaluate_inputs_fail_in_one_line_naming_the_file_or_flag(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and __import__("re").search(message, err), err
     assert not marker.exists()
+
+
+# ------------------------------------------------------- 9. code shards stay bound to the tokenizer that wrote them
+
+
+def test_tokenizer_digest_follows_the_weights_not_the_folder(tmp_path):
+    from st_ar_hf import LlamaGenVQVAE
+    from st_ar_hf.training.data import tokenizer_digest
+
+    from .conftest import tiny_vq_config
+
+    torch.manual_seed(0)
+    LlamaGenVQVAE(tiny_vq_config()).save_pretrained(tmp_path / "a")
+    LlamaGenVQVAE.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "copy")
+    torch.manual_seed(1)
+    other = LlamaGenVQVAE(tiny_vq_config())
+    digests = [tokenizer_digest(LlamaGenVQVAE.from_pretrained(tmp_path / name)) for name in ("a", "copy")]
+    assert digests[0] == digests[1] != tokenizer_digest(other)
+
+
+def test_codes_of_another_tokenizer_are_refused_by_extract_codes_and_train(tmp_path):
+    """Another tokenizer of the same codebook size is refused in a finished or partial `codes/` folder (which keeps
+    its codes_info.json) and by train.py (one line, exit code 2, nothing trained); codes extracted before the digest
+    existed are refused with a hint to re-extract."""
+    from st_ar_hf import LlamaGenVQVAE
+    from st_ar_hf.training.data import write_embedded_dataset
+
+    from .conftest import tiny_vq_config
+
+    write_embedded_dataset(tmp_path / "mnist")
+    for seed, name in enumerate(("vq_a", "vq_b")):
+        torch.manual_seed(seed)
+        LlamaGenVQVAE(tiny_vq_config(ch_mult=[1, 2, 2])).save_pretrained(tmp_path / name)  # 16 px -> 4x4 codes of 64
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def script(name, *flags):
+        return subprocess.run([sys.executable, str(ROOT / "training" / name), *flags], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    def refusal(run) -> str:  # the last line, after the weight-loading bars
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+        return run.stderr.strip().splitlines()[-1]
+
+    def extract(vqvae):
+        return script("extract_codes.py", "--embedded_dataset_dir", str(tmp_path / "mnist"), "--vqvae",
+                      str(tmp_path / vqvae), "--image_size", "16", "--output_dir", str(tmp_path / "codes"),
+                      "--max_examples", "4", "--ten_crop", "false")
+
+    assert (first := extract("vq_a")).returncode == 0, first.stderr[-3000:]
+    info_file = tmp_path / "codes" / "codes_info.json"
+    info = info_file.read_text()
+    finished = refusal(extract("vq_b"))
+    assert finished.startswith(f"error: --output_dir {tmp_path / 'codes'} (codes_info.json) holds codes of the "
+                               f"tokenizer {tmp_path / 'vq_a'}") and f"not of --vqvae {tmp_path / 'vq_b'}" in finished
+    assert info_file.read_text() == info
+    info_file.rename(tmp_path / "codes_info.json")  # as a run killed before its end leaves the folder
+    assert "(progress-0.json) holds codes of the tokenizer" in refusal(extract("vq_b"))
+    (tmp_path / "codes_info.json").rename(info_file)
+
+    config = {"train_codes": str(tmp_path / "codes"), "vqvae": str(tmp_path / "vq_b"),
+              "output_dir": str(tmp_path / "run"), "image_size": 16, "model": "B", "max_train_steps": 1,
+              "model_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1},
+              "mim_weight": 0.0, "step_weight": 0.0, "view_weight": 0.0, "report_to": "none"}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(config))
+    train = refusal(script("train.py", "--config", str(tmp_path / "b.yaml")))
+    assert train.startswith(f"error: --train_codes {tmp_path / 'codes'} (codes_info.json) holds codes of the "
+                            f"tokenizer {tmp_path / 'vq_a'}") and f"not of --vqvae {tmp_path / 'vq_b'}" in train
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+    info_file.write_text(json.dumps({k: v for k, v in json.loads(info).items() if k != "vqvae_sha256"}))
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**config, "vqvae": None, "output_dir": str(tmp_path / "old")}))
+    old = refusal(script("train.py", "--config", str(tmp_path / "old.yaml")))
+    assert "(codes_info.json) records no tokenizer digest" in old and "re-extract" in old
+

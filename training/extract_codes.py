@@ -9,7 +9,9 @@ visual codes (Prologue's phase 2, `train_pretoken.py`).
 Each process encodes its share of the stream (`split_dataset_by_node`) into `train-<process>-<shard>.parquet`
 (`codes` int32 [crops, h*w], `label` with the source's ClassLabel names). A shard appears only when complete, and
 `progress-<process>.json` records the stream position after it, so an interrupted run continues where it stopped.
-Undecodable images are skipped and counted. The folder gets a dataset card and can be pushed as a dataset repo.
+It and `codes_info.json` (written last) bind the shards to the sha256 of the tokenizer's weights: a run with another
+tokenizer into the folder is refused, and so is `train.py` with another `--vqvae`. Undecodable images are skipped and
+counted. The folder gets a dataset card and can be pushed as a dataset repo.
 """
 
 import json
@@ -28,7 +30,10 @@ from transformers import AutoModel
 from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.model_cards import code_shards_card, training_datasets
 from st_ar_hf.training.arguments import ExtractCodesArguments, run_script
-from st_ar_hf.training.data import check_columns, class_names, crop_views, decode_image, load_image_dataset, to_pixel_values
+from st_ar_hf.training.data import (
+    check_codes_tokenizer, check_columns, class_names, crop_views, decode_image, load_image_dataset, to_pixel_values,
+    tokenizer_digest,
+)
 from st_ar_hf.training.prologue import prior_sequence
 from st_ar_hf.training.tracking import finish_run
 
@@ -49,6 +54,13 @@ def main(args: ExtractCodesArguments) -> None:
     if args.image_size % vqvae.config.downsample_factor:
         raise ValueError(f"--image_size {args.image_size} is not a multiple of the tokenizer's downsampling "
                          f"{vqvae.config.downsample_factor}")
+    vqvae_path = Path(args.vqvae)
+    tokenizer = {"vqvae": str(vqvae_path.resolve()) if vqvae_path.is_dir() else args.vqvae,
+                 "vqvae_sha256": tokenizer_digest(vqvae)}
+    for record in [output_dir / "codes_info.json", *sorted(output_dir.glob("progress-*.json"))]:  # shards already there
+        if record.is_file():
+            check_codes_tokenizer(f"--output_dir {output_dir} ({record.name})", json.loads(record.read_text()),
+                                  args.vqvae, tokenizer["vqvae_sha256"])
     dataset = load_image_dataset(args, accelerator.main_process_first)
     check_columns(dataset, image_column=args.image_column, label_column=args.label_column)
     names = class_names(dataset, args.label_column)
@@ -63,7 +75,7 @@ def main(args: ExtractCodesArguments) -> None:
 
     progress_file = output_dir / f"progress-{accelerator.process_index}.json"
     progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {
-        "position": 0, "shards": 0, "examples": 0, "skipped": 0}
+        **tokenizer, "position": 0, "shards": 0, "examples": 0, "skipped": 0}
     shard_codes, shard_labels, images, labels = [], [], [], []
 
     def encode_pending():
@@ -119,10 +131,9 @@ def main(args: ExtractCodesArguments) -> None:
         examples, skipped = totals.tolist()
         logger.info(f"{examples} images encoded into {output_dir}, {skipped} undecodable images skipped")
         source = args.dataset or args.train_data_files or f"the embedded MNIST-5k digits ({args.embedded_dataset_dir})"
-        vqvae_path = Path(args.vqvae)
         info = output_dir / "codes_info.json.partial"
-        info.write_text(json.dumps({  # lets train.py find the tokenizer of these codes; written last: then complete
-            "vqvae": str(vqvae_path.resolve()) if vqvae_path.is_dir() else args.vqvae, "image_size": args.image_size,
+        info.write_text(json.dumps({  # lets train.py find (and check) the tokenizer; written last: then complete
+            **tokenizer, "image_size": args.image_size,
             "num_crops": num_crops, "grid_size": grid_size, "codebook_size": vqvae.config.codebook_size,
             "num_prologue_tokens": num_prologue,
         }, indent=2) + "\n")

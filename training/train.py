@@ -32,8 +32,8 @@ from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.training.arguments import ARTrainingArguments, TokenizerTrainingArguments, parse_arguments, run_script
 from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run
 from st_ar_hf.training.data import (
-    ExampleStream, check_columns, class_names, crop_views, decode_image, load_image_dataset, load_stream,
-    read_codes_info, to_pixel_values,
+    ExampleStream, check_codes_tokenizer, check_columns, class_names, crop_views, decode_image, load_image_dataset,
+    load_stream, read_codes_info, to_pixel_values, tokenizer_digest,
 )
 from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.prologue import prior_sequence
@@ -126,11 +126,12 @@ def main(args: ARTrainingArguments) -> None:
     output_dir = Path(args.output_dir)
     claim_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if args.train_codes is not None and args.vqvae is None:  # the tokenizer that made the codes, at their size
-        info = read_codes_info(args.train_codes)
-        args.vqvae = info["vqvae"]
-        if info["image_size"] != args.image_size:
-            raise ValueError(f"--image_size {args.image_size} differs from the {info['image_size']} px of --train_codes")
+    codes_info = read_codes_info(args.train_codes, args.vqvae) if args.train_codes is not None else None
+    if codes_info is not None:  # the tokenizer that made the codes (checked once loaded), at their size
+        args.vqvae = args.vqvae or codes_info["vqvae"]
+        if codes_info["image_size"] != args.image_size:
+            raise ValueError(f"--image_size {args.image_size} differs from the {codes_info['image_size']} px of "
+                             f"--train_codes")
     elif args.vqvae is None:  # train a tokenizer first (resumable), in these processes, with its own Accelerator
         args.vqvae = str(output_dir / "tokenizer" / "vqvae")
         if not Path(args.vqvae).is_dir():
@@ -164,6 +165,9 @@ def main(args: ARTrainingArguments) -> None:
         if length != student.config.block_size:
             raise ValueError(f"--train_codes hold sequences of {length} tokens, but a {student.config.model_type} model "
                              f"over this --vqvae models {student.config.block_size} (codes of another tokenizer?)")
+        if codes_info is not None:
+            check_codes_tokenizer(f"--train_codes {args.train_codes} (codes_info.json)", codes_info, args.vqvae,
+                                  tokenizer_digest(vqvae))
     if args.gradient_checkpointing:
         student.gradient_checkpointing_enable()
     student.train()

