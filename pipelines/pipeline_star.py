@@ -99,6 +99,18 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def check_id2label(id2label) -> dict[int, str]:
+    """id2label as given (a mapping of int or digit-string ids to names) -> {int id: name}."""
+    if not isinstance(id2label, dict):
+        raise ValueError(f"id2label must map class ids to names, got a {type(id2label).__name__}")
+    bad = [(key, name) for key, name in id2label.items()
+           if not (_is_int(key) or isinstance(key, str) and key.isdigit()) or not isinstance(name, str)]
+    if bad:
+        raise ValueError(f"id2label must map class ids (ints, or digit strings in JSON) to names (strings), got "
+                         f"{len(bad)} other entries, e.g. {bad[0][0]!r}: {bad[0][1]!r}")
+    return {int(key): name for key, name in id2label.items()}
+
+
 def flatten(labels: list | tuple) -> list:
     """Nested lists (and tuples) of labels -> one list, in order."""
     return [item for label in labels for item in (flatten(label) if isinstance(label, (list, tuple)) else [label])]
@@ -143,7 +155,7 @@ class STARPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, vqvae=vqvae)
         self.family  # noqa: B018 (refuses a transformer of no family before its config is read)
         num_classes = transformer.config.num_classes
-        id2label = IMAGENET_ID2LABEL if id2label is None else {int(key): value for key, value in id2label.items()}
+        id2label = IMAGENET_ID2LABEL if id2label is None else check_id2label(id2label)
         if id2label == IMAGENET_ID2LABEL and num_classes != 1000:  # the default, or a folder saved with it
             logger.warning(f"id2label: the transformer has {num_classes} classes, not ImageNet's 1000: its classes keep "
                            f"ImageNet's names of ids < {num_classes}; pass id2label to name them")
@@ -470,6 +482,18 @@ class STARPipeline(DiffusionPipeline):
         if not folder.is_dir():
             folder = Path(cls.download(str(pretrained_model_name_or_path), **kwargs))
         to_load = [name for name in ("transformer", "vqvae") if name not in kwargs]
+        index_file = folder / "model_index.json"
+        id2label = kwargs["id2label"] if "id2label" in kwargs else cls.load_config(folder).get("id2label")
+        if "id2label" not in kwargs and id2label is not None:
+            try:
+                check_id2label(id2label)
+            except ValueError as error:
+                raise ValueError(f"{index_file}: {error}") from None
+        for name in to_load:
+            pickles = sorted((folder / name).glob("*.bin"))
+            if pickles and not any((folder / name).glob("*.safetensors")):
+                raise ValueError(f"{pickles[0]}: pickled weights, which are never loaded (unpickling can run code): "
+                                 f"save the {name} as safetensors (save_pretrained)")
         variant = kwargs.get("variant")
         if variant is not None and not any(file for name in to_load for file in (folder / name).glob(f"*.{variant}[.-]*")):
             raise ValueError(f"variant: You are trying to load the model files of the `variant={variant}`, but no such "
@@ -479,10 +503,15 @@ class STARPipeline(DiffusionPipeline):
         for name in to_load:
             component_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
             components[name] = AutoModel.from_pretrained(folder / name, dtype=component_dtype, variant=variant,
-                                                         device_map=kwargs.get("device_map"))
+                                                         device_map=kwargs.get("device_map"), use_safetensors=True)
             LOADING_LOGGER.info(f"Loaded {name} as {type(components[name]).__name__} from `{name}` subfolder of "
                                 f"{pretrained_model_name_or_path}.")
-        pipeline = cls(**components, id2label=kwargs.get("id2label", cls.load_config(folder).get("id2label")))
+        try:
+            pipeline = cls(**components, id2label=id2label)
+            pipeline.check_components()
+        except ValueError as error:  # a saved id2label, or components that do not fit together
+            source = index_file if str(error).startswith("id2label") and "id2label" not in kwargs else folder
+            raise ValueError(f"{source}: {error}") from None
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline
 

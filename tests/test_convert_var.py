@@ -170,7 +170,7 @@ def test_cli_writes_pipelines_of_either_family(tmp_path, capsys):
     # bad input: each names the argument, exits 2 before writing anything
     for args, message in (
         (["flexvar", "--checkpoint", tmp_path / "flexvar.pth", "--patch-nums", 1, 2, 4, "--vqvae", tmp_path / "vae",
-          "--output-dir", tmp_path / "x"], "decodes with a llamagen_vqvae tokenizer, got a var_vqvae"),
+          "--output-dir", tmp_path / "x"], "holds a 'var_vqvae' tokenizer, which a flexvar model does not decode with"),
         (["var", "--checkpoint", tmp_path / "flexvar.pth", "--output-dir", tmp_path / "x"],
          "--checkpoint: checkpoint holds a FlexVAR transformer"),
         (["var", "--checkpoint", tmp_path / "var.pth", "--vqvae-checkpoint", tmp_path / "FlexVAE.pth", "--output-dir",

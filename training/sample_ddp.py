@@ -16,6 +16,7 @@ any batch size. Each process samples the indices i = process_index (mod num_proc
 (bicubic, as LlamaGen's evaluation of its 384 px models) before saving.
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from st_ar_hf import STARPipeline
+from st_ar_hf.cli import run_command
 from st_ar_hf.flags import FlagParser
+from st_ar_hf.hub import load_star_pipeline
 from st_ar_hf.training.tracking import finish_run
 
 
@@ -62,9 +64,12 @@ def parse_args(argv=None):
 
 
 def main(args) -> None:
+    output_file = Path(args.output_file)
+    if output_file.suffix != ".npz" or output_file.is_dir():
+        raise ValueError(f"--output_file {output_file}: expected a file ending in .npz")
     accelerator = Accelerator()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    pipe = STARPipeline.from_pretrained(args.model).to(accelerator.device, dtype)
+    pipe = load_star_pipeline(args.model).to(accelerator.device, dtype)
     pipe.set_progress_bar_config(disable=True)
     num_classes = pipe.transformer.config.num_classes
     labels = (np.arange(args.num_samples) % num_classes if args.per_class else
@@ -99,4 +104,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_command(main, parse_args(), "sample_ddp.py"))

@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import shutil
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ CONVERT_KINDS = {
     "prologue-ar": "Prologue AR folder (ar-prologue-b-b/, ar-2d-base/, ...); needs its tokenizer",
 }
 GENERATORS = ("llamagen-gpt", "var", "flexvar", "prologue-ar")
+MODEL_FILES = ("config.json", "model_index.json", "model.safetensors")  # an --output-dir holding one holds a model
+# converter argument -> its flag: a converter's error that starts with an argument's name is about that flag
+CONVERTER_FLAGS = {"size": "--size", "num_attention_heads": "--num-attention-heads", "block_size": "--block-size"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -46,7 +50,8 @@ def _parser() -> FlagParser:
                          "Prologue the official accelerate folder of safetensors")
         sub.add_argument("--output-dir", required=True, old_names=("--output",), help="directory to write "
                          "(config.json, model.safetensors, README.md; a STARPipeline directory when a tokenizer is given)")
-        sub.add_argument("--overwrite", action="store_true", help="replace a model or pipeline already in --output-dir")
+        sub.add_argument("--overwrite", action="store_true", help="replace a model or pipeline already in --output-dir "
+                         "(the new one is written aside, in <output-dir>.partial, then renamed into place)")
         if kind in GENERATORS:  # a Prologue AR's vocabulary layout comes from its tokenizer: one is required
             tokenizer = sub.add_mutually_exclusive_group(required=kind == "prologue-ar")
             tokenizer.add_argument("--vqvae", "--tokenizer", dest="vqvae",
@@ -60,8 +65,8 @@ def _parser() -> FlagParser:
         if kind == "llamagen-gpt":
             sub.add_argument("--size", choices=sorted(LLAMAGEN_PRESETS), help="preset giving the head count")
             sub.add_argument("--num-attention-heads", type=_positive_int, help="head count for checkpoints matching no preset")
-            sub.add_argument("--block-size", type=_positive_int, default=256,
-                             help="image tokens: 256 for 256px checkpoints, 576 for 384px")
+            sub.add_argument("--block-size", type=_positive_int, help="image tokens: 256 for 256px checkpoints, 576 "
+                             "for 384px; default: read off the checkpoint's freqs_cis when it has one, else 256")
         if kind in ("var", "var-vqvae", "flexvar"):
             sub.add_argument("--patch-nums", type=int, nargs="+", help="the (trained) scale schedule; default VAR's 256 px "
                              "one (for VAR transformers: read off the checkpoint, 256 px or 512 px)")
@@ -237,14 +242,18 @@ def _convert(args) -> str:
     from .pipelines import STARPipeline
 
     output = Path(args.output_dir)
-    if output.is_file() or (output.is_dir() and not args.overwrite and any(
-            (output / name).exists() for name in ("config.json", "model_index.json", "model.safetensors"))):
+    holds_model = output.is_dir() and any((output / name).exists() for name in MODEL_FILES)
+    if output.is_file() or (holds_model and not args.overwrite):
         raise ValueError(f"--output-dir {output} already holds a file or a model: choose another folder or pass "
                          "--overwrite")
+    if output.is_dir() and not holds_model and any(output.iterdir()):
+        raise ValueError(f"--output-dir {output} holds files but no model: choose a new or empty folder")
+    partial = output.with_name(f"{output.name}.partial")  # written there, renamed into place when complete
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
     with_tokenizer = args.kind in GENERATORS and bool(args.vqvae or args.vqvae_checkpoint)
     if with_tokenizer:  # read first: a wrong tokenizer fails before the (larger) transformer is read
         vqvae = _load_tokenizer(args)
-    output_dir = None if with_tokenizer else args.output_dir
+    output_dir = None if with_tokenizer else partial
     schedule = {"patch_nums": args.patch_nums} if getattr(args, "patch_nums", None) else {}
     try:
         if args.kind == "llamagen-vq":
@@ -263,15 +272,20 @@ def _convert(args) -> str:
         else:
             model = convert_flexvar(args.checkpoint, output_dir=output_dir, **schedule)
     except ValueError as error:
-        raise ValueError(f"--checkpoint: {error}") from None
+        argument, _, rest = str(error).partition(" ")
+        raise ValueError(f"{CONVERTER_FLAGS[argument]} {rest}" if argument in CONVERTER_FLAGS
+                         else f"--checkpoint: {error}") from None
     written = f"{type(model).__name__} ({model.num_parameters():,} parameters)"
     if with_tokenizer:
         pipe = STARPipeline(transformer=model, vqvae=vqvae)
         pipe.check_components()
-        pipe.save_pretrained(args.output_dir)
+        pipe.save_pretrained(partial)
         card = pipeline_model_card(pipe, remote_code=True, base_model=converted_base_model(args.kind))
-        card.save(Path(args.output_dir) / "README.md")  # names the original weights, which `st-ar push` keeps
+        card.save(partial / "README.md")  # names the original weights, which `st-ar push` keeps
         written = f"a STARPipeline of {written} and {type(vqvae).__name__}"
+    if output.exists():  # an empty folder, or (--overwrite) the model it held
+        shutil.rmtree(output)
+    partial.rename(output)
     return f"wrote {written} to {args.output_dir}"
 
 
@@ -293,15 +307,23 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device!r}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "meta":
+        raise ValueError("--device meta holds shapes but no data: nothing can run there (use --device cpu or cuda)")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:  # a missing backend or an absent card (cuda:7)
+        raise ValueError(f"--device {device} is not usable here: {str(error).splitlines()[0].split('. ')[0]}") from None
 
 
 def _load_tokenizer(args):
     """The tokenizer of `--vqvae` (a converted directory) or `--vqvae-checkpoint` (an official file)."""
+    from safetensors import SafetensorError
     from transformers import AutoModel
 
     from .models.llamagen.convert_llamagen import convert_llamagen_vq
     from .models.prologue.convert_prologue import convert_prologue_tokenizer
     from .models.var.convert_var import convert_var_vqvae
+    from .pipelines.pipeline_star import FAMILIES
 
     if args.vqvae:
         config_file = Path(args.vqvae) / "config.json"
@@ -310,10 +332,14 @@ def _load_tokenizer(args):
         model_type = json.loads(config_file.read_text()).get("model_type")
         if model_type not in ("llamagen_vqvae", "var_vqvae", "prologue_tokenizer"):
             raise ValueError(f"--vqvae {args.vqvae} holds a {model_type!r} model, not a tokenizer")
-        if (model_type == "prologue_tokenizer") != (args.kind == "prologue-ar"):
+        expected = FAMILIES[args.kind.removesuffix("-gpt").removesuffix("-ar")].tokenizer_type
+        if model_type != expected:
             raise ValueError(f"--vqvae {args.vqvae} holds a {model_type!r} tokenizer, which a {args.kind} model does not "
-                             f"decode with")
-        return AutoModel.from_pretrained(args.vqvae)
+                             f"decode with (it decodes with a {expected!r} one)")
+        try:
+            return AutoModel.from_pretrained(args.vqvae, use_safetensors=True)  # never a pickled .bin
+        except (SafetensorError, OSError) as error:  # a truncated or half-written model.safetensors, or none
+            raise ValueError(f"--vqvae {args.vqvae}: unreadable weights: {str(error).splitlines()[0]}") from None
     # FlexVAE.pth is a LlamaGen VQ
     convert = {"var": convert_var_vqvae, "prologue-ar": convert_prologue_tokenizer}.get(args.kind, convert_llamagen_vq)
     try:
@@ -322,19 +348,25 @@ def _load_tokenizer(args):
         raise ValueError(f"--vqvae-checkpoint: {error}") from None
 
 
+def run_command(command, args, name: str) -> int:
+    """`command(args)`, printing the message it returns; a ValueError (bad input, named) or an OSError (the Hub or
+    the disk) ends as one line `{name}: error: ...` on stderr. Returns the exit code: 0, 2 for bad input, 1."""
+    try:
+        if message := command(args):
+            print(message)
+    except ValueError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # every huggingface_hub error is an OSError
+        print(f"{name}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"convert": _convert, "sample": _sample, "evaluate": _evaluate, "push": _push}
-    try:
-        if message := commands[args.command](args):
-            print(message)
-    except ValueError as error:  # bad input, named
-        print(f"st-ar {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # the Hub (every huggingface_hub error is an OSError) or the disk failed
-        print(f"st-ar {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(commands[args.command], args, f"st-ar {args.command}")
 
 
 if __name__ == "__main__":

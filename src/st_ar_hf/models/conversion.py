@@ -3,6 +3,7 @@ keys with a table that must cover every key, loading strictly, and saving with a
 
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ def load_state_dict(checkpoint: str | os.PathLike | dict, kind: str, wrappers=((
         path = Path(checkpoint)
         if not path.is_file():
             raise ValueError(f"checkpoint {str(path)!r} is not a file")
+        _check_zip_checksums(path)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # empty or truncated file, foreign pickle, not a torch file at all
@@ -48,6 +50,20 @@ def load_state_dict(checkpoint: str | os.PathLike | dict, kind: str, wrappers=((
             raise ValueError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor: not a {kind} state dict")
         state_dict[key] = value
     return state_dict
+
+
+def _check_zip_checksums(path: Path) -> None:
+    """A torch zip file's entries against their CRC-32: torch.load reads damaged tensor data without noticing."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy or foreign file: torch.load judges it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception as error:  # a damaged directory fails in many ways (BadZipFile, UnicodeDecodeError, ...)
+        raise ValueError(f"checkpoint {str(path)!r} is a damaged zip archive: {type(error).__name__}: {error}") from None
+    if damaged is not None:
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt: its entry {damaged} fails its CRC-32 check (a damaged "
+                         f"download or copy?)")
 
 
 def rename_keys(state_dict: dict, key_map: list[tuple[str, str]], kind: str) -> dict:

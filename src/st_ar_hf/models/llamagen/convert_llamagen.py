@@ -10,7 +10,8 @@ from .configuration_llamagen import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenVQ
 from .modeling_llamagen import LlamaGenForImageGeneration
 from .modeling_llamagen_vq import LlamaGenVQVAE
 
-# keys LlamaGen saves that carry no weights: the RoPE table and the VQ's sliding window of used codes
+# keys LlamaGen saves that carry no weights: the RoPE table (checked against block_size, then dropped) and the VQ's
+# sliding window of used codes
 _DROPPED_KEYS = ("freqs_cis", "quantize.codebook_used")
 
 # (LlamaGen pattern, our name), applied in turn; a key that no pattern matches is an error
@@ -73,17 +74,19 @@ def convert_llamagen_vq(checkpoint, output_dir=None, **overrides) -> LlamaGenVQV
 
 
 def convert_llamagen_gpt(
-    checkpoint, size=None, num_attention_heads=None, block_size=256, output_dir=None, **overrides
+    checkpoint, size=None, num_attention_heads=None, block_size=None, output_dir=None, **overrides
 ) -> LlamaGenForImageGeneration:
     """LlamaGen c2i GPT checkpoint (path or state dict) -> `LlamaGenForImageGeneration`, saved to `output_dir` when given.
 
     Args:
         size: a preset ("B", "L", "XL", "XXL", "3B") giving the head count; must agree with the shapes.
         num_attention_heads: the head count, for checkpoints that match no preset.
-        block_size: image tokens per sample, LlamaGen's name: 256 for the 256px checkpoints, 576 for 384px.
+        block_size: image tokens per sample, LlamaGen's name: 256 for the 256px checkpoints, 576 for 384px; None
+            reads it off the checkpoint's RoPE table `freqs_cis` when it has one, else 256.
         overrides: other config fields (dropouts, `rope_theta`, ...).
     """
-    state_dict = load_state_dict(checkpoint, "LlamaGen GPT", dropped=_DROPPED_KEYS)
+    state_dict = load_state_dict(checkpoint, "LlamaGen GPT", dropped=_DROPPED_KEYS[1:])
+    freqs_cis = state_dict.pop("freqs_cis", None)  # [cls_token_num + block_size, head_dim / 2, 2]
     vocab_size, hidden_size = require(state_dict, "tok_embeddings.weight", "LlamaGen GPT").shape
     num_layers = count_indexed(state_dict, r"layers\.(\d+)\.")
     class_rows, class_width = require(state_dict, "cls_embedding.embedding_table.weight", "LlamaGen GPT").shape
@@ -109,6 +112,14 @@ def convert_llamagen_gpt(
         raise ValueError(f"num_attention_heads {num_attention_heads} does not divide the width {hidden_size}")
     head_dim = hidden_size // num_attention_heads
     num_kv_heads = (qkv_rows // head_dim - num_attention_heads) // 2
+    cls_token_num = class_width // hidden_size
+    if freqs_cis is not None:
+        table_size = freqs_cis.shape[0] - cls_token_num
+        if block_size not in (None, table_size):
+            raise ValueError(f"block_size {block_size} contradicts the checkpoint's freqs_cis, whose "
+                             f"{freqs_cis.shape[0]} positions ({cls_token_num} class token(s) + image tokens) mean "
+                             f"block_size {table_size}")
+        block_size = table_size
 
     config = LlamaGenConfig(**{
         **dict(
@@ -119,8 +130,8 @@ def convert_llamagen_gpt(
             num_key_value_heads=num_kv_heads,
             intermediate_size=require(state_dict, "layers.0.feed_forward.w1.weight", "LlamaGen GPT").shape[0],
             num_classes=class_rows - 1,
-            cls_token_num=class_width // hidden_size,
-            block_size=block_size,
+            cls_token_num=cls_token_num,
+            block_size=256 if block_size is None else block_size,
         ),
         **overrides,
     })

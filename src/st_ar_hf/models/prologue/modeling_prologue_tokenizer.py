@@ -337,7 +337,7 @@ class PrologueDecoder(nn.Module):
         rotary = self.rotary_emb()
         for layer in self.layers:
             x, _ = layer(x, rotary)
-        return self.to_patches(self.norm(x).float())
+        return self.to_patches(self.norm(x)).float()
 
 
 class PrologueVQVAE(PreTrainedModel):
@@ -443,7 +443,7 @@ class PrologueVQVAE(PreTrainedModel):
 
     def decode_codes(self, codes: torch.Tensor) -> torch.FloatTensor:
         """visual code vectors [B, h * w, E] -> pixels [B, 3, H, W]."""
-        return self.unpatchify(self.decoder(codes))
+        return self.unpatchify(self.decoder(codes.to(self.dtype)))  # the quantiser's code vectors are fp32
 
     def forward(self, pixel_values: torch.FloatTensor, decode: bool = True, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None) -> PrologueVQVAEOutput | tuple:
