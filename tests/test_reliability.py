@@ -469,6 +469,115 @@ def test_malformed_evaluate_inputs_fail_in_one_line_naming_the_file_or_flag(tmp_
     assert not marker.exists()
 
 
+# ---------------------------------------------- 8. an edited state, a shared folder and broken weights are refused
+
+
+def _two_checkpoints_and_metrics(tmp_path):
+    """A run with checkpoints 3 and 6 and metrics for steps 1-6."""
+    accelerator, *_, state, _ = _run_with_checkpoint(tmp_path)
+    state.global_step = 6
+    save_checkpoint(accelerator, tmp_path / "run", state, total_limit=None)
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 7)))
+    return accelerator
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("global_step", -5, "an int >= 0, the 6 of the folder's name, got -5"),
+    ("global_step", 4, "an int >= 0, the 6 of the folder's name, got 4"),
+    ("global_step", "6", "got '6'"), ("global_step", True, "got True"),
+    ("nonfinite_in_a_row", -1, "an int >= 0, got -1"), ("run_id", 7, "a non-empty string, got 7"),
+    ("settings", [], "a mapping of settings, got []"), ("run_id", None, "got nothing"),
+])
+def test_edited_training_state_is_refused_before_anything_is_touched(tmp_path, field, value, expected):
+    accelerator = _two_checkpoints_and_metrics(tmp_path)
+    state_file = tmp_path / "run" / "checkpoint-6" / "training_state.json"
+    counters = json.loads(state_file.read_text())
+    counters[field] = value
+    if value is None:
+        del counters[field]
+    state_file.write_text(json.dumps(counters))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    with pytest.raises(ValueError, match=rf"checkpoint-6: training_state.json field '{field}': expected") as error:
+        resume_run(accelerator, tmp_path / "run", "latest", TrainingState(teacher=torch.nn.Linear(4, 3)))
+    assert str(error.value).endswith(expected) and "\n" not in str(error.value)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before  # metrics, checkpoints kept
+
+
+@pytest.mark.parametrize(("file", "damage"), [
+    ("model.safetensors", "truncate"), ("model.safetensors", "pickle"), ("optimizer.bin", "truncate"),
+    ("optimizer.bin", "garbage"), ("teacher.safetensors", "truncate"),
+])
+def test_broken_checkpoint_weights_are_named_in_one_line(tmp_path, file, damage):
+    accelerator, *_, checkpoint = _run_with_checkpoint(tmp_path)
+    path, marker = checkpoint / file, tmp_path / "pwned"
+    if damage == "pickle":
+        torch.save({"state": Payload(marker)}, path)
+    else:
+        path.write_bytes(path.read_bytes()[:100] if damage == "truncate" else b"garbage")
+    with pytest.raises(ValueError, match=rf"^--resume_from_checkpoint {path} does not load") as error:
+        resume_run(accelerator, tmp_path / "run", "latest", TrainingState(teacher=torch.nn.Linear(4, 3)))
+    assert "\n" not in str(error.value) and not marker.exists()
+
+
+def _hold_output_dir(output_dir: Path) -> subprocess.Popen:
+    """A process that claims `output_dir` as a resuming run does, then sleeps."""
+    code = ("import sys, time; from st_ar_hf.training.checkpointing import claim_output_dir; "
+            "claim_output_dir(sys.argv[1], 'latest', False); print('locked', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(output_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_a_second_run_in_a_locked_output_dir_is_refused_naming_the_holder_until_it_dies(tmp_path):
+    holder = _hold_output_dir(tmp_path / "run")
+    config = tmp_path / "c.yaml"  # resumes `latest`, as the embedded default does
+    config.write_text(yaml.safe_dump({"embedded_dataset_dir": str(tmp_path / "mnist"), "vqvae": str(tmp_path / "vq"),
+                                      "output_dir": str(tmp_path / "run")}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config", str(config)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert single.returncode == 2 and single.stderr.count("\n") == 1, single.stderr[-3000:]
+    assert single.stderr.startswith(f"error: --output_dir {tmp_path / 'run'} is in use by another run (pid {holder.pid}")
+    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29617"]
+    both = subprocess.run([*launcher, str(ROOT / "training" / "train.py"), "--config", str(config)],
+                          capture_output=True, text=True, timeout=300, env=env)  # no process waits for a refused one
+    assert both.returncode != 0 and f"in use by another run (pid {holder.pid}" in both.stderr, both.stderr[-3000:]
+    assert not (tmp_path / "mnist").exists()  # nothing done
+    holder.kill()  # SIGKILL: the OS drops its lock
+    holder.wait()
+    _hold_output_dir(tmp_path / "run").kill()
+
+
+
+@pytest.mark.parametrize(("script", "argument", "damage"), [
+    ("train.py", "--vqvae", "truncate"), ("train_scalewise.py", "--vqvae", "pickle"),
+    ("train_tokenizer.py", "--perceptual_vgg16", "pickle"),
+])
+def test_trainers_name_a_weights_file_that_does_not_load_in_one_line(tmp_path, tiny_vq, script, argument, damage):
+    marker = tmp_path / "pwned"
+    tiny_vq.save_pretrained(tmp_path / "vq")
+    lpips = tmp_path / "vgg.safetensors"
+    broken = tmp_path / "vgg16.pth" if argument == "--perceptual_vgg16" else tmp_path / "vq" / "model.safetensors"
+    if damage == "pickle":
+        torch.save({"state": Payload(marker)}, broken)
+    else:
+        broken.write_bytes(broken.read_bytes()[:100])
+    settings = {"embedded_dataset_dir": str(tmp_path / "mnist"), "output_dir": str(tmp_path / "run"),
+                "resume_from_checkpoint": None}
+    if script == "train_tokenizer.py":
+        settings |= {"image_size": 16, "model_config": {"ch_mult": [1, 2, 2]}, "perceptual_vgg16": str(broken),
+                     "perceptual_lpips": str(lpips), "report_to": "none"}
+    else:
+        settings["vqvae"] = str(tmp_path / "vq")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    run = subprocess.run([sys.executable, str(ROOT / "training" / script), "--config", str(config)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 2 and run.stderr.endswith("\n") and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.splitlines()[-1].startswith(f"error: {argument} {broken} does not load")
+    assert not marker.exists()
+
 # ------------------------------------------------------- 9. code shards stay bound to the tokenizer that wrote them
 
 

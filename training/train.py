@@ -22,8 +22,6 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
-from transformers import AutoModel
-
 import train_tokenizer
 from st_ar_hf import LlamaGenConfig, LlamaGenForImageGeneration, PrologueConfig, PrologueForImageGeneration
 from st_ar_hf.models.llamagen import LLAMAGEN_PRESETS
@@ -38,8 +36,8 @@ from st_ar_hf.training.data import (
 from st_ar_hf.training.losses import STARObjective, update_ema
 from st_ar_hf.training.prologue import prior_sequence
 from st_ar_hf.training.loop import (
-    LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
-    make_optimizer, report_sample_accuracy, skip_step,
+    LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, load_pretrained,
+    make_accelerator, make_optimizer, report_sample_accuracy, skip_step,
 )
 from st_ar_hf.training.tracking import finish_run, log_metrics
 
@@ -142,7 +140,7 @@ def main(args: ARTrainingArguments) -> None:
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
 
-    vqvae = AutoModel.from_pretrained(args.vqvae).to(accelerator.device).eval().requires_grad_(False)
+    vqvae = load_pretrained(args.vqvae, "--vqvae").to(accelerator.device).eval().requires_grad_(False)
     if vqvae.config.model_type not in ("llamagen_vqvae", "prologue_tokenizer"):
         raise ValueError(f"--vqvae holds a {vqvae.config.model_type}: train.py trains token-wise models over LlamaGen "
                          f"or Prologue tokenizers (scale-wise models: train_scalewise.py)")

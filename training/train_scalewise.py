@@ -32,8 +32,8 @@ from st_ar_hf.training.data import (
     ExampleStream, check_columns, class_names, decode_image, load_image_dataset, to_pixel_values,
 )
 from st_ar_hf.training.loop import (
-    LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, make_accelerator,
-    make_optimizer, skip_step,
+    LogWindow, after_step, class_labels, data_counts, export_pipeline, is_due, label_tensor, load_pretrained,
+    make_accelerator, make_optimizer, skip_step,
 )
 from st_ar_hf.training.sar import ScaleWiseObjective, encode_scales, flexvar_schedule
 from st_ar_hf.training.tracking import finish_run, log_metrics
@@ -54,7 +54,7 @@ def load_tokenizer(args: ScaleWiseTrainingArguments, output_dir: Path):
                 "--config", args.tokenizer_config, "--output_dir", str(output_dir / "tokenizer")]), end_training=False)
     elif args.vqvae is None:
         raise ValueError("training needs a tokenizer: --vqvae, a pipeline folder as --model, or --tokenizer_config")
-    return AutoModel.from_pretrained(args.vqvae)
+    return load_pretrained(args.vqvae, "--vqvae")
 
 
 def build_model(args: ScaleWiseTrainingArguments, vqvae, num_classes: int):

@@ -43,7 +43,7 @@ from st_ar_hf.hub import BackgroundUploader
 from st_ar_hf.metrics import psnr, ssim
 from st_ar_hf.model_cards import tokenizer_model_card
 from st_ar_hf.training.arguments import TokenizerTrainingArguments, run_script
-from st_ar_hf.training.checkpointing import TrainingState, claim_output_dir, resume_run, save_checkpoint
+from st_ar_hf.training.checkpointing import TrainingState, check_weights, claim_output_dir, resume_run, save_checkpoint
 from st_ar_hf.training.data import (
     ExampleStream, center_crops, check_columns, decode_image, load_image_dataset, load_stream, random_crop_arr,
     to_pixel_values,
@@ -151,7 +151,12 @@ def main(args: TokenizerTrainingArguments, end_training: bool = True) -> Path:
         ema = copy.deepcopy(vqvae).to(accelerator.device).eval().requires_grad_(False)
     perceptual = None
     if args.train_visual and args.perceptual_weight > 0 and args.perceptual_vgg16 is not None:
-        perceptual = LPIPS.from_files(args.perceptual_vgg16, args.perceptual_lpips).to(accelerator.device)
+        try:
+            perceptual = LPIPS.from_files(args.perceptual_vgg16, args.perceptual_lpips).to(accelerator.device)
+        except Exception:  # a file that does not load is named; other failures keep their error
+            check_weights(Path(args.perceptual_vgg16), "--perceptual_vgg16")
+            check_weights(Path(args.perceptual_lpips), "--perceptual_lpips")
+            raise
     elif args.train_visual and args.perceptual_weight > 0:
         logger.warning("no perceptual network (--perceptual_vgg16 and --perceptual_lpips not given): training "
                        "without the perceptual loss")

@@ -6,8 +6,10 @@ id and settings), `<name>.safetensors` for each frozen module of the run (the EM
 process's data position). Nothing in it is ever unpickled with code execution.
 """
 
+import fcntl
 import json
 import logging
+import os
 import pickle
 import re
 import shutil
@@ -16,13 +18,16 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import load
+from accelerate.utils import broadcast, load, parse_flag_from_env
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 STATE_FILE = "training_state.json"
+LOCK_FILE = "run.lock"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pkl", ".pt", ".pth")
 logger = logging.getLogger(__name__)
+_held_locks: dict[Path, int] = {}  # output folder -> this process's open lock file, held until the process ends
 
 
 class TrainingState:
@@ -49,6 +54,7 @@ class TrainingState:
             try:
                 load_model(module, str(folder / f"{name}.safetensors"))
             except (OSError, RuntimeError, SafetensorError) as error:  # missing, truncated, other keys or shapes
+                check_weights(folder / f"{name}.safetensors", "--resume_from_checkpoint")
                 raise ValueError(f"--resume_from_checkpoint {folder}: {name}.safetensors does not fit this run's "
                                  f"{name} ({str(error).splitlines()[-1].strip()})") from None
 
@@ -70,11 +76,13 @@ def list_checkpoints(output_dir: str | Path, run_id: str | None = None) -> list[
 
 
 def claim_output_dir(output_dir: str | Path, resume_from_checkpoint: str | None, overwrite_output_dir: bool) -> None:
-    """A fresh run (no --resume_from_checkpoint) never starts among another run's checkpoints and metrics: it refuses
-    such a folder, or with --overwrite_output_dir deletes them first (main process). Call before any work."""
+    """Locks the folder for this run (`lock_output_dir`). A fresh run (no --resume_from_checkpoint) never starts
+    among another run's checkpoints and metrics: it refuses such a folder, or with --overwrite_output_dir deletes them
+    first (main process). Call before any work, on every process."""
+    output_dir = Path(output_dir)
+    lock_output_dir(output_dir)
     if resume_from_checkpoint is not None:
         return
-    output_dir = Path(output_dir)
     found = list_checkpoints(output_dir) + [p for p in [output_dir / "metrics.jsonl"] if p.exists()]
     if not found:
         return
@@ -82,11 +90,43 @@ def claim_output_dir(output_dir: str | Path, resume_from_checkpoint: str | None,
         raise ValueError(f"--output_dir {output_dir} holds another run ({', '.join(p.name for p in found)}): resume it "
                          "with --resume_from_checkpoint latest, choose another --output_dir, or pass "
                          "--overwrite_output_dir to delete its checkpoints and metrics")
-    state = PartialState()
+    state = _process_state()
     if state.is_main_process:
         for path in found:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     state.wait_for_everyone()
+
+
+def lock_output_dir(output_dir: Path) -> None:
+    """The main process holds an flock on `output_dir/run.lock`, with its pid written in it, until it exits (the OS
+    drops the lock of a process that dies); every process refuses a folder another run holds, naming its pid (the
+    main process's answer is broadcast, so no process waits for one that has stopped)."""
+    state = _process_state()
+    holder = 0  # the pid of the run holding the folder; -1 when it has not written its pid yet
+    if state.is_main_process and output_dir.resolve() not in _held_locks:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            written = os.read(lock, 32).decode(errors="replace").strip()
+            holder = int(written) if written.isdigit() else -1
+            os.close(lock)
+        else:
+            os.ftruncate(lock, 0)
+            os.write(lock, f"{os.getpid()}\n".encode())
+            _held_locks[output_dir.resolve()] = lock
+    if state.num_processes > 1:
+        holder = int(broadcast(torch.tensor([holder], device=state.device)).item())
+    if holder:
+        raise ValueError(f"--output_dir {output_dir} is in use by another run (pid {holder if holder > 0 else 'unknown'}"
+                         f", which holds {output_dir / LOCK_FILE}): wait for it to end or choose another --output_dir")
+
+
+def _process_state() -> PartialState:
+    """The processes' shared state (the process group set up) before the run's Accelerator, as the Accelerator makes
+    it: a bare `PartialState()` ignores ACCELERATE_USE_CPU, and on CPU would give every process index 0."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def resolve_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | None) -> Path | None:
@@ -157,15 +197,15 @@ def load_checkpoint(accelerator, checkpoint: str | Path, state: TrainingState, s
     if pickled_state or not (checkpoint / STATE_FILE).is_file():
         raise ValueError(f"--resume_from_checkpoint {checkpoint} is not a checkpoint of this version: it has "
                          f"{pickled_state or f'no {STATE_FILE}'} (pickled training state is never loaded)")
-    counters = json.loads((checkpoint / STATE_FILE).read_text())
+    counters = _read_counters(checkpoint)
     _check_settings(checkpoint, counters.get("settings", {}), state.settings, fixed_settings)
     for rng_file in checkpoint.glob("random_states_*.pkl"):  # accelerate skips an unreadable one silently
-        _load_weights_only(rng_file)
+        check_weights(rng_file, "--resume_from_checkpoint")
     try:
         accelerator.load_state(str(checkpoint))
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"--resume_from_checkpoint {checkpoint}: a file does not load with weights_only=True "
-                         f"(code in a pickle is never run): {error}") from None
+    except Exception:
+        name_unreadable_weights(checkpoint, "--resume_from_checkpoint")
+        raise
     state.load(checkpoint, counters)
     if stream is not None:
         state_file = checkpoint / f"stream_{accelerator.process_index}.json"
@@ -201,9 +241,53 @@ def _logged_step(line: str) -> float:
         return float("inf")
 
 
-def _load_weights_only(path: Path):
+def _read_counters(checkpoint: Path) -> dict:
+    """The checkpoint's `training_state.json`, checked before it steers anything: counters of their types and ranges,
+    and a step that is the one in the folder's name."""
     try:
-        return load(path, map_location="cpu")  # accelerate's torch.load(weights_only=True), numpy arrays allowed
-    except Exception as error:  # a foreign pickle, a truncated file
-        raise ValueError(f"--resume_from_checkpoint {path.parent}: {path.name} does not load with weights_only=True "
-                         f"(code in a pickle is never run): {type(error).__name__}") from None
+        counters = json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: {STATE_FILE} is not readable JSON ({error})") from None
+    if not isinstance(counters, dict):
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: {STATE_FILE} must hold a mapping, got a "
+                         f"{type(counters).__name__}")
+    named = CHECKPOINT_PATTERN.fullmatch(checkpoint.name)
+    step_named = int(named.group(1)) if named else None
+    expected = {
+        "global_step": (lambda v: _is_count(v) and step_named in (None, v),
+                        "an int >= 0" + (f", the {step_named} of the folder's name" if named else "")),
+        "nonfinite_in_a_row": (_is_count, "an int >= 0"),
+        "run_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+        "settings": (lambda v: isinstance(v, dict), "a mapping of settings"),
+    }
+    for field, (valid, description) in expected.items():
+        if field == "settings" and field not in counters:  # older checkpoints
+            continue
+        if not valid(counters.get(field)):
+            got = repr(counters[field]) if field in counters else "nothing"
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: {STATE_FILE} field {field!r}: expected "
+                             f"{description}, got {got}")
+    return counters
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def check_weights(path: Path, argument: str) -> None:
+    """Loads a weights file, as safetensors or with `torch.load(weights_only=True)` (accelerate's, numpy arrays allowed;
+    code in a pickle is never run); one that does not load is a one-line ValueError naming `argument` and the file."""
+    try:
+        load_file(path) if path.suffix == ".safetensors" else load(path, map_location="cpu")
+    except Exception as error:  # missing, truncated, a pickle in a .safetensors, a foreign pickle
+        how = "as safetensors" if path.suffix == ".safetensors" else "with weights_only=True (code in a pickle is never run)"
+        reason = "" if isinstance(error, pickle.UnpicklingError) else f": {(str(error).strip().splitlines() or [''])[0]}"
+        raise ValueError(f"{argument} {path} does not load {how} ({type(error).__name__}{reason})") from None
+
+
+def name_unreadable_weights(folder: Path, argument: str) -> None:
+    """After a load from `folder` failed: a one-line ValueError naming its first weights file that does not load
+    (`check_weights`); nothing when they all load, and the caller re-raises its error."""
+    for path in sorted(folder.iterdir()):
+        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+            check_weights(path, argument)

@@ -13,8 +13,9 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
+from transformers import AutoModel
 
-from .checkpointing import save_checkpoint
+from .checkpointing import name_unreadable_weights, save_checkpoint
 from .tracking import log_image, make_grid
 
 logger = get_logger(__name__)
@@ -27,6 +28,17 @@ def make_accelerator(args, output_dir: Path) -> Accelerator:
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+
+
+def load_pretrained(folder: str, argument: str, **kwargs):
+    """`AutoModel.from_pretrained(folder, **kwargs)`; when it fails on a local folder with a weights file that does not
+    load, a one-line ValueError naming `argument` and the file."""
+    try:
+        return AutoModel.from_pretrained(folder, **kwargs)
+    except Exception:
+        if Path(folder).is_dir():
+            name_unreadable_weights(Path(folder), argument)
+        raise
 
 
 def var_lin0_factor(step: int, warmup_steps: int, total_steps: int, start_ratio: float, end_ratio: float) -> float:
@@ -243,5 +255,5 @@ def export_pipeline(args, accelerator, model, vqvae, id2label: dict, directory: 
     accelerator.wait_for_everyone()
 
 
-__all__ = ["LogWindow", "after_step", "class_labels", "data_counts", "export_pipeline", "is_due", "label_tensor", "make_accelerator", "make_optimizer",
+__all__ = ["LogWindow", "after_step", "class_labels", "data_counts", "export_pipeline", "is_due", "label_tensor", "load_pretrained", "make_accelerator", "make_optimizer",
            "nonfinite_terms", "report_sample_accuracy", "sample_grid", "skip_step", "training_summary", "var_lin0_factor"]
