@@ -174,3 +174,19 @@ def test_sample_ddp_ends_bad_inputs_in_one_line_naming_the_flag(tmp_path):
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert run.returncode == 2 and run.stderr.startswith(f"sample_ddp.py: error: {message} ")
         assert run.stderr.count("\n") == 1 and not (tmp_path / "s.npz").exists()
+
+
+def test_a_tokenizer_checkpoint_of_another_family_is_named_as_such(tmp_path, capsys):
+    from .official_layout import random_state_dict, var_vqvae_shapes
+
+    shapes = var_vqvae_shapes(ch=32, ch_mult=(1, 2), num_res_blocks=1, cvae=8, vocab=64, num_scales=3)
+    torch.save(random_state_dict(shapes), tmp_path / "vae_ch160v4096z32.pth")
+    (tmp_path / "prologue-b-tokenizer").mkdir()
+    argv = ["convert", "llamagen-gpt", "--checkpoint", str(_gpt_checkpoint(tmp_path / "c2i.pt")),
+            "--num-attention-heads", "4", "--block-size", "16", "--output-dir", str(tmp_path / "out")]
+    for tokenizer, message in ((tmp_path / "vae_ch160v4096z32.pth", "holds a VAR VQVAE (taming's layout), not a LlamaGen VQ"),
+                               (tmp_path / "prologue-b-tokenizer", "is a folder, not a LlamaGen VQ file")):
+        assert _cli(*argv, "--vqvae-checkpoint", str(tokenizer)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("st-ar convert: error: --vqvae-checkpoint: checkpoint") and message in err
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,9 @@ def load_state_dict(checkpoint: str | os.PathLike | dict, kind: str, wrappers=((
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         path = Path(checkpoint)
+        if path.is_dir():
+            raise ValueError(f"checkpoint {str(path)!r} is a folder, not a {kind} file (Prologue's checkpoints are "
+                             f"folders: `st-ar convert prologue-tokenizer` / `prologue-ar`)")
         if not path.is_file():
             raise ValueError(f"checkpoint {str(path)!r} is not a file")
         _check_zip_checksums(path)

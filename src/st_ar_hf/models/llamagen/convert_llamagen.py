@@ -49,6 +49,9 @@ def convert_llamagen_vq(checkpoint, output_dir=None, **overrides) -> LlamaGenVQV
     `overrides` set config fields that shapes cannot tell (e.g. `commit_loss_beta`, `entropy_loss_ratio`).
     """
     state_dict = load_state_dict(checkpoint, "LlamaGen VQ", dropped=_DROPPED_KEYS)
+    if "encoder.down.0.block.0.conv1.weight" in state_dict:
+        raise ValueError("checkpoint holds a VAR VQVAE (taming's layout), not a LlamaGen VQ: VAR transformers decode "
+                         "with it, LlamaGen and FlexVAR ones with a LlamaGen VQ (FlexVAR's FlexVAE.pth)")
     codebook = require(state_dict, "quantize.embedding.weight", "LlamaGen VQ")
     base_channels = require(state_dict, "encoder.conv_in.weight", "LlamaGen VQ").shape[0]
     num_levels = count_indexed(state_dict, r"encoder\.conv_blocks\.(\d+)\.")

@@ -79,6 +79,9 @@ def convert_var_vqvae(checkpoint, output_dir=None, **overrides) -> VARVQVAE:
     the 512 px VAR-d36 uses (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)), `commit_loss_beta`.
     """
     state_dict = load_state_dict(checkpoint, "VAR VQVAE", _WRAPPERS, _DROPPED_KEYS)
+    if "encoder.conv_blocks.0.res.0.conv1.weight" in state_dict:
+        raise ValueError("checkpoint holds a LlamaGen VQ (such as FlexVAR's FlexVAE.pth), not a VAR VQVAE: LlamaGen "
+                         "and FlexVAR transformers decode with it, VAR ones with vae_ch160v4096z32.pth")
     require(state_dict, "encoder.down.0.block.0.conv1.weight", "VAR VQVAE")  # taming's layout, not LlamaGen's VQ
     codebook = require(state_dict, "quantize.embedding.weight", "VAR VQVAE")
     base_channels = require(state_dict, "encoder.conv_in.weight", "VAR VQVAE").shape[0]
