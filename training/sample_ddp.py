@@ -60,6 +60,8 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.resize is not None and args.resize < 1:
         parser.error(f"--resize must be >= 1, got {args.resize}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     return args
 
 
