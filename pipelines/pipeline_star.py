@@ -482,22 +482,9 @@ class STARPipeline(DiffusionPipeline):
         if not folder.is_dir():
             folder = Path(cls.download(str(pretrained_model_name_or_path), **kwargs))
         to_load = [name for name in ("transformer", "vqvae") if name not in kwargs]
-        index_file = folder / "model_index.json"
-        id2label = kwargs["id2label"] if "id2label" in kwargs else cls.load_config(folder).get("id2label")
-        if "id2label" not in kwargs and id2label is not None:
-            try:
-                check_id2label(id2label)
-            except ValueError as error:
-                raise ValueError(f"{index_file}: {error}") from None
-        for name in to_load:
-            pickles = sorted((folder / name).glob("*.bin"))
-            if pickles and not any((folder / name).glob("*.safetensors")):
-                raise ValueError(f"{pickles[0]}: pickled weights, which are never loaded (unpickling can run code): "
-                                 f"save the {name} as safetensors (save_pretrained)")
+        id2label = kwargs["id2label"] if "id2label" in kwargs else cls._saved_id2label(folder)
         variant = kwargs.get("variant")
-        if variant is not None and not any(file for name in to_load for file in (folder / name).glob(f"*.{variant}[.-]*")):
-            raise ValueError(f"variant: You are trying to load the model files of the `variant={variant}`, but no such "
-                             f"modeling files are available in {folder}")  # diffusers' words
+        cls._check_weights_files(folder, to_load, variant)
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         components = {name: kwargs[name] for name in ("transformer", "vqvae") if name in kwargs}
         for name in to_load:
@@ -509,11 +496,33 @@ class STARPipeline(DiffusionPipeline):
         try:
             pipeline = cls(**components, id2label=id2label)
             pipeline.check_components()
-        except ValueError as error:  # a saved id2label, or components that do not fit together
-            source = index_file if str(error).startswith("id2label") and "id2label" not in kwargs else folder
-            raise ValueError(f"{source}: {error}") from None
+        except ValueError as error:  # saved names outside the classes, or components that do not fit together
+            saved_names = str(error).startswith("id2label") and "id2label" not in kwargs
+            raise ValueError(f"{folder / 'model_index.json' if saved_names else folder}: {error}") from None
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline
+
+    @staticmethod
+    def _saved_id2label(folder: Path) -> dict | None:
+        """model_index.json's id2label, checked before any weights load (errors name the file)."""
+        id2label = DiffusionPipeline.load_config(folder).get("id2label")
+        try:
+            return None if id2label is None else check_id2label(id2label)
+        except ValueError as error:
+            raise ValueError(f"{folder / 'model_index.json'}: {error}") from None
+
+    @staticmethod
+    def _check_weights_files(folder: Path, names: list[str], variant: str | None) -> None:
+        """Before any weights load: no component is pickled only (pickles are never loaded: unpickling can run
+        code), and a requested variant exists (refused in diffusers' words)."""
+        for name in names:
+            pickles = sorted((folder / name).glob("*.bin"))
+            if pickles and not any((folder / name).glob("*.safetensors")):
+                raise ValueError(f"{pickles[0]}: pickled weights, which are never loaded (unpickling can run code): "
+                                 f"save the {name} as safetensors (save_pretrained)")
+        if variant is not None and not any(file for name in names for file in (folder / name).glob(f"*.{variant}[.-]*")):
+            raise ValueError(f"variant: You are trying to load the model files of the `variant={variant}`, but no such "
+                             f"modeling files are available in {folder}")
 
     def save_pretrained(self, save_directory: str | os.PathLike, remote_code: bool = True, push_to_hub: bool = False,
                         **kwargs):
