@@ -5,7 +5,6 @@ input everywhere else. Each payload test asserts that its marker file was never 
 import io
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path

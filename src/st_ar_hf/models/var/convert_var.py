@@ -9,7 +9,6 @@ attention mask and level-index buffers are dropped, and every other key is mappe
 
 import re
 
-import torch
 
 from ..conversion import count_indexed, load_state_dict, load_strict, rename_keys, require, save_converted
 from .configuration_var import VAR_PATCH_NUMS, VAR_PATCH_NUMS_512, FlexVARConfig, VARConfig, VARVQVAEConfig

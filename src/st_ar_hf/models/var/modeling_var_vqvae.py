@@ -18,7 +18,6 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_var import VARVQVAEConfig, check_scale_schedule
